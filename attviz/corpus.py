@@ -1,0 +1,399 @@
+"""The attention data model: :class:`Document` and :class:`Corpus`.
+
+A document's attention is an :class:`xarray.DataArray` per *kind*:
+
+- ``"self"``: encoder-only or decoder-only models, dims ``("layer", "head", "query", "key")``;
+- ``"encoder"``, ``"decoder"``, ``"cross"``: encoder-decoder models (cross has decoder queries and
+  encoder keys);
+- ``"vectors"``: per-token vectors without matrices, dims ``("vector", "token")`` (the original
+  AttViz format stores only these).
+
+Every token dimension ``d`` (``query``, ``key``, ``token``) carries the integer position as its index
+and the non-dimension coordinates ``d_text`` (token string), ``d_word`` (word index, -1 for special
+tokens), ``d_start``/``d_end`` (character offsets into :attr:`Document.text`) and ``d_special``.
+Tokens come from named *streams*: ``"source"`` (the model input) and ``"target"`` (decoder input).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+TOKEN_FIELDS = ("text", "word", "start", "end", "special")
+MATRIX_KINDS = ("self", "encoder", "decoder", "cross")
+# Which token stream the query/key axis of each matrix kind indexes.
+# Table columns that describe the store layout, not the documents.
+_INTERNAL_COLUMNS = {"group", "kinds"}
+KIND_STREAMS = {
+    "self": ("source", "source"),
+    "encoder": ("source", "source"),
+    "decoder": ("target", "target"),
+    "cross": ("target", "source"),
+}
+
+
+def token_frame(
+    text: Sequence[str],
+    word: Sequence[int] | None = None,
+    start: Sequence[int] | None = None,
+    end: Sequence[int] | None = None,
+    special: Sequence[bool] | None = None,
+) -> pd.DataFrame:
+    """Build a token table (one row per position) with the columns of :data:`TOKEN_FIELDS`."""
+    n = len(text)
+    frame = pd.DataFrame(
+        {
+            "text": pd.Series(list(text), dtype=object),
+            "word": np.asarray(word if word is not None else np.arange(n), dtype=np.int32),
+            "start": np.asarray(start if start is not None else np.zeros(n), dtype=np.int32),
+            "end": np.asarray(end if end is not None else np.zeros(n), dtype=np.int32),
+            "special": np.asarray(special if special is not None else np.zeros(n), dtype=bool),
+        }
+    )
+    frame.index.name = "position"
+    return frame
+
+
+def token_coords(tokens: pd.DataFrame, dim: str) -> dict[str, Any]:
+    """Coordinates for one token dimension ``dim`` built from a token table."""
+    coords: dict[str, Any] = {dim: np.arange(len(tokens), dtype=np.int32)}
+    for name in TOKEN_FIELDS:
+        values = tokens[name].to_numpy()
+        if name == "text":
+            values = values.astype(object)
+        coords[f"{dim}_{name}"] = (dim, values)
+    return coords
+
+
+def attention_array(
+    values: Any,
+    tokens: pd.DataFrame,
+    key_tokens: pd.DataFrame | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    name: str = "attention",
+) -> xr.DataArray:
+    """Wrap a ``(layer, head, query, key)`` array (numpy or dask) as a fully-labelled DataArray."""
+    key_tokens = tokens if key_tokens is None else key_tokens
+    n_layers, n_heads, n_query, n_key = values.shape
+    if n_query != len(tokens) or n_key != len(key_tokens):
+        raise ValueError(
+            f"attention of shape {tuple(values.shape)} does not match "
+            f"{len(tokens)} query tokens and {len(key_tokens)} key tokens"
+        )
+    coords = {
+        "layer": np.asarray(layers if layers is not None else range(n_layers), dtype=np.int32),
+        "head": np.asarray(heads if heads is not None else range(n_heads), dtype=np.int32),
+        **token_coords(tokens, "query"),
+        **token_coords(key_tokens, "key"),
+    }
+    return xr.DataArray(
+        values,
+        dims=("layer", "head", "query", "key"),
+        coords=coords,
+        name=name,
+        attrs={"long_name": "attention weight", "units": "1"},
+    )
+
+
+def vector_array(
+    values: Any, tokens: pd.DataFrame, names: Sequence[str], *, name: str = "vectors"
+) -> xr.DataArray:
+    """Wrap a ``(vector, token)`` array of per-token values (e.g. legacy AttViz vectors)."""
+    coords = {"vector": np.asarray(list(names), dtype=object), **token_coords(tokens, "token")}
+    return xr.DataArray(
+        values,
+        dims=("vector", "token"),
+        coords=coords,
+        name=name,
+        attrs={"long_name": "attention value", "units": "1"},
+    )
+
+
+def tokens_of(array: xr.DataArray, dim: str) -> pd.DataFrame:
+    """The token table of one token dimension of a DataArray (inverse of :func:`token_coords`)."""
+    return token_frame(
+        *(np.asarray(array.coords[f"{dim}_{name}"].values) for name in TOKEN_FIELDS)
+    )
+
+
+@dataclass
+class Document:
+    """One text with its tokens, attention arrays and (optional) labels and predictions.
+
+    ``arrays`` maps a kind (``"self"``, ``"encoder"``, ``"decoder"``, ``"cross"``, ``"vectors"``)
+    to a DataArray or to a zero-argument callable that loads it (store-backed documents are lazy).
+    """
+
+    id: str
+    text: str
+    arrays: dict[str, xr.DataArray | Callable[[], xr.DataArray]] = field(default_factory=dict)
+    label: str | None = None
+    prediction: str | None = None
+    probabilities: dict[str, float] | None = None
+    target: str | None = None
+    source_id: str | None = None
+    source_start: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._loaded: dict[str, xr.DataArray] = {}
+
+    # -- arrays --------------------------------------------------------------------------------
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds of arrays this document holds."""
+        return list(self.arrays)
+
+    def get(self, kind: str) -> xr.DataArray:
+        """The DataArray of one kind (loaded lazily and kept)."""
+        if kind not in self.arrays:
+            raise KeyError(f"document {self.id!r} has no {kind!r} array (it has {self.kinds})")
+        if kind not in self._loaded:
+            value = self.arrays[kind]
+            self._loaded[kind] = value() if callable(value) else value
+        return self._loaded[kind]
+
+    @property
+    def attention(self) -> xr.DataArray:
+        """The main attention matrices: ``self`` (encoder- or decoder-only) or ``encoder``."""
+        for kind in ("self", "encoder"):
+            if kind in self.arrays:
+                return self.get(kind)
+        raise KeyError(
+            f"document {self.id!r} stores no attention matrices (it has {self.kinds}); "
+            "legacy AttViz data holds per-token vectors only: use Document.vectors"
+        )
+
+    @property
+    def vectors(self) -> xr.DataArray:
+        """Per-token vectors ``(vector, token)`` as stored (legacy AttViz data)."""
+        return self.get("vectors")
+
+    @property
+    def has_matrices(self) -> bool:
+        return any(kind in self.arrays for kind in MATRIX_KINDS)
+
+    # -- tokens --------------------------------------------------------------------------------
+    def token_table(self, stream: str = "source") -> pd.DataFrame:
+        """Token table of a stream (``"source"`` or ``"target"``): text, word, start, end, special."""
+        for kind, array in self.arrays.items():
+            if kind == "vectors" and stream == "source":
+                return tokens_of(self.get(kind), "token")
+            if kind in KIND_STREAMS:
+                query_stream, key_stream = KIND_STREAMS[kind]
+                if key_stream == stream:
+                    return tokens_of(self.get(kind), "key")
+                if query_stream == stream:
+                    return tokens_of(self.get(kind), "query")
+        raise KeyError(f"document {self.id!r} has no {stream!r} tokens")
+
+    @property
+    def tokens(self) -> list[str]:
+        """Token strings of the model input, in order (special tokens included)."""
+        return list(self.token_table("source")["text"])
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_table("source"))
+
+    def __repr__(self) -> str:
+        snippet = self.text if len(self.text) <= 40 else self.text[:37] + "..."
+        return f"Document(id={self.id!r}, text={snippet!r}, kinds={self.kinds}, label={self.label!r})"
+
+
+class Corpus(Sequence[Document]):
+    """An ordered collection of documents plus a corpus table.
+
+    In memory after :func:`attviz.extract` without a store, or lazy over a zarr store
+    (:meth:`open`): the table is read at once, a document's arrays only when asked for.
+    """
+
+    def __init__(
+        self,
+        documents: Sequence[Document] | None = None,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        loader: Callable[[int], Document] | None = None,
+        table: xr.Dataset | None = None,
+        path: str | os.PathLike | None = None,
+    ):
+        if documents is not None and loader is not None:
+            raise ValueError("give either documents or a loader, not both")
+        self._documents = list(documents) if documents is not None else None
+        self._loader = loader
+        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.path = None if path is None else os.fspath(path)
+        self._table = table if table is not None else build_table(self._documents or [])
+        ids = [str(v) for v in self._table["doc_id"].values]
+        if len(set(ids)) != len(ids):
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(f"document ids must be unique; repeated: {dupes[:5]}")
+        self._index = {doc_id: i for i, doc_id in enumerate(ids)}
+        self._cache: dict[int, Document] = {}
+
+    # -- sequence protocol ---------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._table.sizes["doc"])
+
+    def __getitem__(self, key: int | str) -> Document:  # type: ignore[override]
+        if isinstance(key, str):
+            if key not in self._index:
+                raise KeyError(f"no document with id {key!r}")
+            key = self._index[key]
+        if isinstance(key, slice | list):
+            raise TypeError("index a Corpus with one int or id; use .select(...) for subsets")
+        n = len(self)
+        if not -n <= key < n:
+            raise IndexError(f"document index {key} out of range for {n} documents")
+        key %= n
+        if self._documents is not None:
+            return self._documents[key]
+        if key not in self._cache:
+            assert self._loader is not None
+            self._cache[key] = self._loader(key)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[Document]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(v) for v in self._table["doc_id"].values]
+
+    # -- metadata ------------------------------------------------------------------------------
+    @property
+    def dataset(self) -> xr.Dataset:
+        """The corpus table as an :class:`xarray.Dataset` along ``doc``."""
+        return self._table
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per document: id, text, n_tokens, label, prediction, confidence, correct, ..."""
+        ds = self._table
+        frame = pd.DataFrame(
+            {
+                name: ds[name].values.astype(object) if ds[name].dtype.kind in "OUT" else ds[name].values
+                for name in ds.data_vars
+                if ds[name].dims == ("doc",) and name not in _INTERNAL_COLUMNS
+            }
+        )
+        frame = frame.rename(columns={"doc_id": "id"})
+        for column in ("label", "prediction", "target", "source_id", "split"):
+            if column in frame:
+                frame[column] = frame[column].replace("", None)
+        if "probability" in ds and ds.sizes.get("class", 0):
+            probs = ds["probability"].values
+            frame["confidence"] = np.where(np.isnan(probs).all(axis=1), np.nan, np.nanmax(probs, axis=1, initial=0.0))
+        else:
+            frame["confidence"] = np.nan
+        if "label" in frame and "prediction" in frame:
+            known = frame["label"].notna() & frame["prediction"].notna()
+            frame["correct"] = pd.array(
+                np.where(known, frame["label"] == frame["prediction"], False), dtype="boolean"
+            )
+            frame.loc[~known, "correct"] = pd.NA
+        return frame.set_index("id", drop=False)
+
+    @property
+    def probabilities(self) -> pd.DataFrame:
+        """Class probabilities (documents × classes); empty when the model gave none."""
+        ds = self._table
+        if "probability" not in ds or not ds.sizes.get("class", 0):
+            return pd.DataFrame(index=self.ids)
+        return pd.DataFrame(
+            ds["probability"].values, index=self.ids, columns=[str(c) for c in ds["class"].values]
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        return [str(c) for c in self._table["class"].values] if "class" in self._table.coords else []
+
+    # -- io ------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Corpus:
+        """Open an attviz zarr store lazily."""
+        from attviz.store import open_store
+
+        return open_store(path)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Corpus:
+        """Write the corpus as an attviz zarr store (atomically) and return it opened from disk."""
+        from attviz.store import write_corpus
+
+        write_corpus(self, path, overwrite=overwrite)
+        return Corpus.open(path)
+
+    def to_netcdf(self, path: str | os.PathLike) -> None:
+        """Write the corpus to one netCDF file (h5netcdf, one group per document)."""
+        from attviz.readers.netcdf import write_netcdf
+
+        write_netcdf(self, path)
+
+    def __repr__(self) -> str:
+        where = f", path={self.path!r}" if self.path else ""
+        model = self.attrs.get("model")
+        return f"<Corpus {len(self)} documents{', model=' + repr(model) if model else ''}{where}>"
+
+
+def build_table(documents: Sequence[Document], label_names: Sequence[str] | None = None) -> xr.Dataset:
+    """The corpus table (:class:`xarray.Dataset` along ``doc``) of in-memory documents."""
+    rows = [table_row(doc) for doc in documents]
+    return table_from_rows(rows, label_names)
+
+
+def table_row(doc: Document) -> dict[str, Any]:
+    """The corpus-table row of one document (JSON-serialisable)."""
+    n_tokens = doc.n_tokens if doc.arrays else 0
+    return {
+        "doc_id": doc.id,
+        "text": doc.text,
+        "n_tokens": int(n_tokens),
+        "label": doc.label or "",
+        "prediction": doc.prediction or "",
+        "probabilities": dict(doc.probabilities or {}),
+        "target": doc.target or "",
+        "source_id": doc.source_id or doc.id,
+        "source_start": int(doc.source_start),
+        "split": str(doc.meta.get("split", "")),
+    }
+
+
+def table_from_rows(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str] | None = None) -> xr.Dataset:
+    """Build the corpus table from rows as made by :func:`table_row`."""
+    classes: list[str] = list(label_names or [])
+    for row in rows:
+        for name in list(row.get("probabilities") or {}) + [row.get("label") or "", row.get("prediction") or ""]:
+            if name and name not in classes:
+                classes.append(name)
+    probs = np.full((len(rows), len(classes)), np.nan, dtype=np.float32)
+    for i, row in enumerate(rows):
+        for name, value in (row.get("probabilities") or {}).items():
+            probs[i, classes.index(name)] = value
+
+    def column(name: str, dtype: Any = object, default: Any = "") -> np.ndarray:
+        return np.array([row.get(name, default) for row in rows], dtype=dtype)
+
+    return xr.Dataset(
+        {
+            "doc_id": ("doc", column("doc_id")),
+            "text": ("doc", column("text")),
+            "n_tokens": ("doc", column("n_tokens", np.int64, 0)),
+            "label": ("doc", column("label")),
+            "prediction": ("doc", column("prediction")),
+            "target": ("doc", column("target")),
+            "source_id": ("doc", column("source_id")),
+            "source_start": ("doc", column("source_start", np.int64, 0)),
+            "split": ("doc", column("split")),
+            "probability": (("doc", "class"), probs, {"long_name": "class probability", "units": "1"}),
+        },
+        coords={"doc": np.arange(len(rows)), "class": np.array(classes, dtype=object)},
+    )
