@@ -83,7 +83,7 @@ class StoreWriter:
         self.overwrite = overwrite
         self.records: dict[int, dict[str, Any]] = {}
         settings_file = self.partial / SETTINGS
-        if self.partial.exists() and resume and settings_file.exists():
+        if self.partial.exists() and resume and not overwrite and settings_file.exists():
             previous = json.loads(settings_file.read_text())
             if previous.get("fingerprint") != fingerprint:
                 raise StoreError(
@@ -179,7 +179,9 @@ class StoreWriter:
         }
         (self.partial / PROGRESS).unlink()
         (self.partial / SETTINGS).unlink()
-        zarr.consolidate_metadata(self.partial)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            zarr.consolidate_metadata(self.partial)
         _replace_dir(self.partial, self.path)
         return self.path
 
@@ -313,7 +315,9 @@ def open_store(path: str | os.PathLike) -> Corpus:
         raise StoreError(
             f"{path} was written by a newer attviz (format {info['format_version']}); upgrade attviz"
         )
-    table = xr.open_zarr(path, group="table", consolidated=True).load()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = xr.open_zarr(path, group="table", consolidated=True).load()
     for name in table.variables:
         if table[name].dtype.kind in "OUT":
             table[name] = table[name].astype(object)

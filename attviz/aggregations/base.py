@@ -1,0 +1,257 @@
+"""The Aggregation plugin kind, :class:`Pipeline`, and helpers shared by the built-ins.
+
+An aggregation is a :class:`param.Parameterized` (its parameters are its whole configuration, with
+bounds so the app can build widgets) that declares the dims it needs (:attr:`Aggregation.input_dims`)
+and the dims it returns (:meth:`Aggregation.output_dims`), and maps a DataArray to a new DataArray
+with one pure :meth:`Aggregation.apply`. Its stable id is its entry-point name in the group
+``attviz.aggregations`` (never ``param``'s auto-generated ``name``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import param
+import xarray as xr
+
+from attviz.corpus import TOKEN_FIELDS
+from attviz.registry import register_validator
+
+ATTENTION_DIMS = ("layer", "head", "query", "key")
+VECTOR_DIMS = ("vector", "token")
+
+
+class DimsError(ValueError):
+    """An aggregation got (or would get, in a pipeline) an array without the dims it needs."""
+
+    def __init__(self, message: str, needs: str = ""):
+        super().__init__(message)
+        self.needs = needs
+
+
+def fmt_dims(dims: Sequence[str]) -> str:
+    return "(" + ", ".join(dims) + ")"
+
+
+class Aggregation(param.Parameterized):
+    """Base class of aggregations (entry-point group ``attviz.aggregations``).
+
+    Subclasses set the ClassVars, declare their parameters, and implement :meth:`apply` (and
+    :meth:`output_dims` when they change dims). :meth:`__call__` checks dims, runs ``apply`` and
+    labels the result (``name``, ``long_name``, ``units`` and the JSON spec ``aggregation``).
+    """
+
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    input_dims: ClassVar[tuple[str, ...]] = ()
+    long_name: ClassVar[str] = ""
+    units: ClassVar[str] = "1"
+
+    __abstract = True
+
+    # -- dims ----------------------------------------------------------------------------------
+    def needs(self) -> tuple[str, ...]:
+        """The dims this configured instance needs (default: :attr:`input_dims`)."""
+        return tuple(self.input_dims)
+
+    def check_dims(self, dims: Sequence[str]) -> None:
+        """Raise :class:`DimsError` when an array with ``dims`` cannot be aggregated."""
+        needs = self.needs()
+        missing = [d for d in needs if d not in dims]
+        if missing:
+            raise DimsError(
+                f"aggregation {self.id!r} needs dims {fmt_dims(needs)} but got {fmt_dims(dims)} "
+                f"(missing {', '.join(missing)})",
+                needs=fmt_dims(needs),
+            )
+
+    def output_dims(self, input_dims: Sequence[str]) -> tuple[str, ...]:
+        """The dims of the result for an input with ``input_dims`` (default: unchanged)."""
+        return tuple(input_dims)
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """The entry-point name of this aggregation's class (``module:Class`` when unregistered)."""
+        return _ids().get(type(self)) or f"{type(self).__module__}:{type(self).__qualname__}"
+
+    def params(self) -> dict[str, Any]:
+        """This instance's parameter values, JSON-safe, without ``param``'s ``name``."""
+        return {k: _jsonable(v) for k, v in self.param.values().items() if k != "name"}
+
+    def spec(self) -> list[dict[str, Any]]:
+        """The steps this aggregation stands for: ``[{"aggregation": id, **params}]``."""
+        return [{"aggregation": self.id, **self.params()}]
+
+    # -- running -------------------------------------------------------------------------------
+    def __call__(self, array: xr.DataArray) -> xr.DataArray:
+        self.check_dims(tuple(array.dims))
+        result = self.apply(array)
+        return self.label(result, array)
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        """The aggregation itself: pure, returns a new DataArray, keeps token coords."""
+        raise NotImplementedError
+
+    def label(self, result: xr.DataArray, source: xr.DataArray) -> xr.DataArray:
+        """Name the result and set ``long_name``, ``units`` and the ``aggregation`` spec."""
+        before = source.attrs.get("aggregation")
+        steps = json.loads(before) if isinstance(before, str) else []
+        result = result.copy(deep=False)
+        keep = self.keeps_label(source)
+        result.name = (keep and source.name) or self.id.replace(":", ".")
+        result.attrs = {
+            "long_name": (keep and source.attrs.get("long_name")) or self.long_name or self.description,
+            "units": (keep and source.attrs.get("units")) or self.units,
+            "aggregation": json.dumps(steps + self.spec()),
+        }
+        return result
+
+    def keeps_label(self, source: xr.DataArray) -> bool:
+        """Whether the result is the same quantity as ``source`` (keep its name and units)."""
+        return False
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, slice):
+        return ":".join("" if v is None else str(v) for v in (value.start, value.stop, value.step))
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Aggregation):
+        return value.spec()
+    return value
+
+
+def _ids() -> dict[type, str]:
+    """Class -> entry-point name (discovery is cached by the registry)."""
+    from attviz.registry import plugins
+
+    try:
+        return {cls: name for name, cls in plugins("aggregations").items()}
+    except Exception:  # discovery itself must never break an aggregation
+        return {}
+
+
+class Pipeline(Aggregation):
+    """Aggregations applied one after the other; dims are checked at construction.
+
+    A step needs its dims to be a subset of the dims the previous step outputs. ``dims`` is the
+    input the pipeline is checked against when built: by default the attention dims
+    ``(layer, head, query, key)``, or the first step's needs when they are not among those
+    (legacy vectors). Calling the pipeline checks the flow again for the real array's dims.
+    """
+
+    description = "Several aggregations applied in order"
+    steps = param.List(default=[], item_type=Aggregation, doc="The aggregations, in order.")
+    dims = param.List(default=None, allow_None=True, item_type=str, doc="Input dims to check.")
+
+    def __init__(self, steps: Sequence[Aggregation] | None = None, **params: Any):
+        super().__init__(steps=list(steps or params.pop("steps", [])), **params)
+        self.flow(self.start_dims())
+
+    @property
+    def id(self) -> str:
+        return "pipeline"
+
+    def start_dims(self) -> tuple[str, ...]:
+        if self.dims is not None:
+            return tuple(self.dims)
+        first = self.steps[0].needs() if self.steps else ()
+        return ATTENTION_DIMS if set(first) <= set(ATTENTION_DIMS) else tuple(first)
+
+    @param.depends("steps", "dims", watch=True)
+    def _revalidate(self) -> None:
+        self.flow(self.start_dims())
+
+    def flow(self, dims: Sequence[str]) -> list[tuple[str, ...]]:
+        """The dims after each step for an input with ``dims``; :class:`DimsError` if a step fails."""
+        current = tuple(dims)
+        out = [current]
+        for i, step in enumerate(self.steps, start=1):
+            try:
+                step.check_dims(current)
+            except DimsError as exc:
+                if i == 1:
+                    where = f"the input has {fmt_dims(current)}"
+                else:
+                    where = f"step {i - 1} ({self.steps[i - 2].id}) outputs {fmt_dims(current)}"
+                raise DimsError(f"step {i} ({step.id}) needs dims {exc.needs} but {where}", exc.needs) from None
+            current = tuple(step.output_dims(current))
+            out.append(current)
+        return out
+
+    def needs(self) -> tuple[str, ...]:
+        return self.steps[0].needs() if self.steps else ()
+
+    def check_dims(self, dims: Sequence[str]) -> None:
+        self.flow(dims)
+
+    def output_dims(self, input_dims: Sequence[str]) -> tuple[str, ...]:
+        return self.flow(input_dims)[-1]
+
+    def spec(self) -> list[dict[str, Any]]:
+        return [s for step in self.steps for s in step.spec()]
+
+    def __call__(self, array: xr.DataArray) -> xr.DataArray:
+        self.check_dims(tuple(array.dims))
+        for step in self.steps:
+            array = step(array)
+        return array
+
+
+def from_spec(spec: str | Sequence[dict[str, Any]]) -> Aggregation:
+    """Rebuild the aggregation (a :class:`Pipeline` for several steps) from an ``aggregation`` attr."""
+    from attviz.aggregations import get
+
+    steps_spec = json.loads(spec) if isinstance(spec, str) else list(spec)
+    steps = [get(s["aggregation"], **{k: v for k, v in s.items() if k != "aggregation"}) for s in steps_spec]
+    return steps[0] if len(steps) == 1 else Pipeline(steps)
+
+
+# -- helpers shared by the built-ins ----------------------------------------------------------
+def as_float(array: xr.DataArray, dtype: Any = np.float32) -> xr.DataArray:
+    """Upcast (stored attention is float16) so sums and logs are accurate; lazy arrays stay lazy."""
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def values(array: xr.DataArray, dtype: Any = np.float64) -> np.ndarray:
+    """The data as an in-memory numpy array of ``dtype`` (computes a dask array)."""
+    return np.asarray(array.data, dtype=dtype)
+
+
+def drop_token_coords(array: xr.DataArray, dim: str) -> xr.DataArray:
+    """Drop a token dim's non-dimension coords (``dim_text`` ...) that are left on ``array``."""
+    names = [f"{dim}_{f}" for f in TOKEN_FIELDS] + [dim]
+    return array.drop_vars([n for n in names if n in array.coords and dim not in array.dims])
+
+
+def to_token(array: xr.DataArray, dim: str) -> xr.DataArray:
+    """Rename the token dim ``dim`` (``query`` or ``key``) to ``token``, with its coords."""
+    other = {"query": "key", "key": "query"}.get(dim)
+    if other is not None:
+        array = drop_token_coords(array, other)
+    renames = {f"{dim}_{f}": f"token_{f}" for f in TOKEN_FIELDS if f"{dim}_{f}" in array.coords}
+    return array.rename({dim: "token", **renames})
+
+
+def replace_dims(dims: Sequence[str], drop: Sequence[str] = (), rename: dict[str, str] | None = None) -> tuple:
+    """``dims`` without ``drop`` and with ``rename`` applied (for :meth:`output_dims`)."""
+    rename = rename or {}
+    return tuple(rename.get(d, d) for d in dims if d not in drop)
+
+
+def _validate_aggregation(cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Aggregation)):
+        raise TypeError(f"{cls!r} is not a subclass of attviz.aggregations.Aggregation")
+    if cls.apply is Aggregation.apply and not issubclass(cls, Pipeline):
+        raise TypeError(f"{cls.__name__} does not implement apply()")
+    if not cls.description:
+        raise TypeError(f"{cls.__name__} has no description")
+
+
+register_validator("attviz.aggregations", _validate_aggregation)

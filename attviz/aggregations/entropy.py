@@ -1,0 +1,78 @@
+"""Entropy of each query's attention distribution, and its mean per head (Clark et al. 2019).
+
+``H(q) = −Σ_k p(q, k) ln p(q, k)`` in nats, with ``0 ln 0 = 0``, after re-normalising each row to
+sum to 1 (rows of stored float16 attention, or rows with special tokens dropped, may not). The
+normalised form divides by the largest possible value: ``ln K`` for K keys, or ``ln(q + 1)`` for
+query position q with ``causal=True`` (a decoder's query q sees q + 1 keys; the first row is 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import param
+import xarray as xr
+
+from attviz.aggregations.base import Aggregation, replace_dims, to_token
+from attviz.aggregations.reductions import CLARK
+
+
+def row_entropy(p: xr.DataArray, normalised: bool = False, causal: bool = False) -> xr.DataArray:
+    """Entropy over ``key`` of each row of ``p`` (float64), optionally divided by its maximum."""
+    p = p.astype(np.float64)
+    total = p.sum("key")
+    p = p / xr.where(total > 0, total, 1.0)
+    # where p == 0 the term is 0; feeding 1 to the log keeps it finite and lazy-friendly
+    h = -(p * np.log(xr.where(p > 0, p, 1.0))).sum("key")
+    if normalised:
+        if causal:
+            count = xr.DataArray(np.arange(1, p.sizes["query"] + 1), dims="query")
+        else:
+            count = xr.DataArray(p.sizes["key"])
+        largest = np.log(count.astype(np.float64))
+        h = xr.where(largest > 0, h / xr.where(largest > 0, largest, 1.0), 0.0)
+    return h
+
+
+class Entropy(Aggregation):
+    """Entropy of each query token's attention distribution (in nats, or normalised to [0, 1]).
+
+    Low entropy: a focused head; high: broad attention. Reference: Clark et al. 2019, §3.
+    """
+
+    description = "Entropy of each query's attention distribution"
+    reference = CLARK
+    input_dims = ("query", "key")
+
+    normalised = param.Boolean(default=False, doc="Divide by the largest possible entropy (0..1).")
+    causal = param.Boolean(default=False, doc="Largest entropy of query q is ln(q+1) (decoders).")
+
+    @property
+    def long_name(self) -> str:  # type: ignore[override]
+        return "normalised attention entropy" if self.normalised else "attention entropy"
+
+    @property
+    def units(self) -> str:  # type: ignore[override]
+        return "1" if self.normalised else "nat"
+
+    def output_dims(self, input_dims):
+        return replace_dims(input_dims, drop=("key",), rename={"query": "token"})
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        h = row_entropy(array, self.normalised, self.causal)
+        return to_token(h.transpose(*(d for d in array.dims if d != "key")), "query")
+
+
+class HeadEntropy(Entropy):
+    """Mean attention entropy of each head over its query tokens (Clark et al. 2019, Fig. 4)."""
+
+    description = "Mean attention entropy per head"
+
+    @property
+    def long_name(self) -> str:  # type: ignore[override]
+        return "mean " + super().long_name
+
+    def output_dims(self, input_dims):
+        return replace_dims(input_dims, drop=("query", "key"))
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        return row_entropy(array, self.normalised, self.causal).mean("query")

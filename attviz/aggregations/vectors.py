@@ -1,0 +1,95 @@
+"""Per-token vectors from attention matrices: attention received, one query's row, the diagonal.
+
+Each turns ``(..., query, key)`` into ``(..., token)``, keeping the other dims (layer, head) and
+the token coords (``token_text``, ``token_start`` ...), so views treat every vector alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import param
+import xarray as xr
+
+from attviz.aggregations.base import Aggregation, as_float, replace_dims, to_token
+
+VIG = (
+    'Vig & Belinkov 2019, "Analyzing the Structure of Attention in a Transformer Language Model", '
+    "https://arxiv.org/abs/1906.04284"
+)
+CLARK = 'Clark et al. 2019, "What Does BERT Look At?", https://arxiv.org/abs/1906.04341'
+ATTVIZ = (
+    'Škrlj et al. 2020, "AttViz: Online exploration of self-attention for transparent neural '
+    'language modeling", https://arxiv.org/abs/2005.05716'
+)
+
+
+class AttentionReceived(Aggregation):
+    """Attention each token receives: the mean over queries of its key column (Vig & Belinkov 2019).
+
+    The mean (not the sum) keeps the vector a distribution over keys when rows sum to 1.
+    """
+
+    description = "Attention received by each token (mean over queries)"
+    reference = VIG
+    input_dims = ("query", "key")
+    long_name = "attention received (mean over queries)"
+
+    def output_dims(self, input_dims):
+        return replace_dims(input_dims, drop=("query",), rename={"key": "token"})
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        return to_token(as_float(array).mean("query"), "key")
+
+
+class AttentionFrom(Aggregation):
+    """The attention row of one query token, e.g. ``[CLS]`` (0) or the last token (-1).
+
+    Reference: Clark et al. 2019 (attention from ``[CLS]``).
+    """
+
+    description = "Attention from one query token (e.g. [CLS] or the last token)"
+    reference = CLARK
+    input_dims = ("query", "key")
+    long_name = "attention from one query token"
+
+    query = param.Integer(
+        default=0, softbounds=(-1, 127), step=1,
+        doc="Query position; negative counts from the end (-1 is the last token).",
+    )
+
+    def output_dims(self, input_dims):
+        return replace_dims(input_dims, drop=("query",), rename={"key": "token"})
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        n = array.sizes["query"]
+        if not -n <= self.query < n:
+            raise IndexError(f"query {self.query} is out of range for {n} query tokens")
+        row = as_float(array).isel(query=self.query)
+        return to_token(row.drop_vars([c for c in row.coords if c.startswith("query")]), "key")
+
+
+class Diagonal(Aggregation):
+    """Self-attention of each token (the matrix diagonal): the quantity original AttViz exported.
+
+    Needs query and key over the same tokens (self-attention, not cross-attention).
+    Reference: Škrlj et al. 2020 (AttViz).
+    """
+
+    description = "Attention of each token to itself (the diagonal; AttViz's vectors)"
+    reference = ATTVIZ
+    input_dims = ("query", "key")
+    long_name = "self-attention (diagonal)"
+
+    def output_dims(self, input_dims):
+        return replace_dims(input_dims, drop=("key",), rename={"query": "token"})
+
+    def apply(self, array: xr.DataArray) -> xr.DataArray:
+        n = array.sizes["query"]
+        if array.sizes["key"] != n:
+            raise ValueError(
+                f"the diagonal needs as many keys as queries (got {n} queries, "
+                f"{array.sizes['key']} keys): is this cross-attention?"
+            )
+        index = xr.DataArray(np.arange(n), dims="query")
+        diagonal = as_float(array).isel(key=index)  # pointwise: key i for query i
+        return to_token(diagonal, "query")

@@ -1,0 +1,185 @@
+"""The ``attviz`` command line: extract, info, convert, plugins, demo, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from attviz.errors import AttvizError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attviz", description="Explore the self-attention of transformer language models."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("extract", help="run a model over texts and store every attention matrix",
+                       description="Run a model over texts and store its attention in a zarr store.")
+    p.add_argument("input", help="texts: .txt (one per line), .csv/.tsv or .jsonl")
+    p.add_argument("-o", "--output", required=True, help="store to write (a .zarr directory)")
+    p.add_argument("--model", default=None, help="Hugging Face model name or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--text-column", default="text", help="column with the text (csv/tsv/jsonl)")
+    p.add_argument("--label-column", default=None, help="column with gold labels (default: 'label' if present)")
+    p.add_argument("--id-column", default=None, help="column with document ids (default: 'id' if present)")
+    p.add_argument("--target-column", default=None, help="decoder text for encoder-decoder models")
+    p.add_argument("--label-descriptions", default=None,
+                   help="JSON file {label: description} for zero-shot predictions (models without a classifier)")
+    p.add_argument("--batch-size", type=int, default=8, help="documents per forward pass (default 8)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per document (default: model limit)")
+    p.add_argument("--windows", action="store_true", help="split long texts into overlapping windows")
+    p.add_argument("--stride", type=int, default=64, help="overlap of windows in tokens (default 64)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store / unfinished job")
+    p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("info", help="describe a store or any readable input",
+                       description="Documents, tokens, layers, heads, model, labels, accuracy.")
+    p.add_argument("input", help="store, netCDF file or legacy AttViz JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("convert", help="convert between formats (store, .nc, legacy AttViz JSON)",
+                       description="Read any readable input and write a store (.zarr) or a netCDF file (.nc).")
+    p.add_argument("input", help="store, netCDF file, legacy AttViz JSON or .npz tensors")
+    p.add_argument("-o", "--output", required=True, help="output: DIR.zarr (store) or FILE.nc")
+    p.add_argument("--reader", default=None, help="reader plugin name (default: guess)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    p = sub.add_parser("plugins", help="list aggregation, view and reader plugins",
+                       description="Every plugin with its group, name, distribution and status.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("demo", help="build (once) and describe the bundled demo corpus",
+                       description="Extract the demo corpus with the bundled model (cached) and describe it.")
+    p.add_argument("--rebuild", action="store_true", help="extract again even if cached")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("serve", help="start the explorer (default: on the demo corpus)",
+                       description="Start the attviz explorer in a browser.")
+    p.add_argument("inputs", nargs="*", help="stores or files to explore (default: the demo corpus)")
+    p.add_argument("--model", default=None, help="model for live input (default: bundled MiniLM)")
+    p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
+    p.add_argument("--show", action="store_true", help="open a browser")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("attviz: interrupted", file=sys.stderr)
+        return 130
+    except (AttvizError, OSError, KeyError, ValueError) as exc:
+        if args.debug:
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"attviz {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from attviz.extract import extract
+    from attviz.inputs import read_texts
+    from attviz.models import ZeroShotClassifier, load_model
+
+    data = read_texts(args.input, text_column=args.text_column, label_column=args.label_column,
+                      id_column=args.id_column, target_column=args.target_column)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    descriptions = ZeroShotClassifier.from_file(args.label_descriptions) if args.label_descriptions else None
+    corpus = extract(
+        data.texts, model=loaded, ids=data.ids, labels=data.labels, targets=data.targets,
+        label_descriptions=descriptions, batch_size=args.batch_size, max_length=args.max_length,
+        long_texts="window" if args.windows else "truncate", stride=args.stride, store=args.output,
+        overwrite=args.overwrite, progress=not args.quiet, force=args.force,
+    )
+    if not args.quiet:
+        print(f"wrote {len(corpus)} documents to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _print_info(corpus, as_json: bool) -> None:
+    from attviz.info import format_summary, summarize
+
+    info = summarize(corpus)
+    print(json.dumps(info) if as_json else format_summary(info))
+
+
+def _info(args: argparse.Namespace) -> int:
+    from attviz.readers import read
+
+    _print_info(read(args.input), args.json)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from attviz.readers import read
+
+    corpus = read(args.input, reader=args.reader)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise AttvizError(f"{out} already exists; pass --overwrite to replace it")
+    if out.suffix.lower() in (".nc", ".nc4", ".h5"):
+        corpus.to_netcdf(out)
+    else:
+        corpus.save(out, overwrite=args.overwrite)
+    print(f"wrote {len(corpus)} documents to {out}", file=sys.stderr)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from attviz import registry
+
+    infos = [info.as_dict() for info in registry.plugin_infos()]
+    if args.json:
+        print(json.dumps(infos, indent=1))
+        return 0
+    for info in infos:
+        status = "ok" if info["status"] == "ok" else f"{info['status'].upper()}: {info['error']}"
+        print(f"{info['group']:<20} {info['name']:<22} {info['distribution']:<16} {status}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from attviz.demo import demo_corpus
+
+    _print_info(demo_corpus(rebuild=args.rebuild), args.json)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from attviz.app import serve
+    except ImportError:
+        # The explorer app lands with its own issue; until then show what would be explored.
+        from attviz.demo import demo_corpus
+        from attviz.readers import read
+
+        corpora = [read(p) for p in args.inputs] or [demo_corpus()]
+        for corpus in corpora:
+            _print_info(corpus, False)
+        print("attviz serve: the explorer app is not built yet; shown above is the corpus it will open",
+              file=sys.stderr)
+        return 0
+    return serve(args.inputs, model=args.model, port=args.port, show=args.show)
+
+
+COMMANDS = {
+    "extract": _extract,
+    "info": _info,
+    "convert": _convert,
+    "plugins": _plugins,
+    "demo": _demo,
+    "serve": _serve,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,597 @@
+"""Run a model over texts and capture every layer × head attention matrix.
+
+Batches by length (little padding), strips padding from the stored matrices (a document's
+matrices are T×T for its own T), keeps special tokens flagged, writes each finished document to
+the store from a background thread while the next batch computes, and resumes an interrupted job.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table, token_frame
+from attviz.errors import AttvizError, InputError
+from attviz.models import (
+    LoadedModel,
+    ZeroShotClassifier,
+    check_attentions,
+    expected_layers,
+    load_model,
+    prepare_model,
+    softmax_probabilities,
+)
+from attviz.store import StoreWriter, partial_path
+
+LONG_TEXT_MODES = ("truncate", "window")
+
+
+class ExtractionInterrupted(AttvizError):
+    """Extraction stopped early; the finished documents are kept and a rerun resumes."""
+
+
+@dataclass
+class Unit:
+    """One document to run: a text, or one window of a long text."""
+
+    index: int
+    id: str
+    text: str
+    source_id: str
+    source_start: int
+    label: str | None
+    input_ids: list[int]
+    tokens: pd.DataFrame
+    truncated: bool = False
+    target: str | None = None
+    target_ids: list[int] | None = None
+    target_tokens: pd.DataFrame | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def extract(
+    texts: Sequence[str],
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    labels: Sequence[str | None] | None = None,
+    ids: Sequence[str] | None = None,
+    targets: Sequence[str] | None = None,
+    label_descriptions: dict[str, str] | ZeroShotClassifier | None = None,
+    batch_size: int = 8,
+    max_length: int | None = None,
+    long_texts: str = "truncate",
+    stride: int = 64,
+    store: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
+    device: str = "auto",
+    dtype: str | None = None,
+    progress: bool = True,
+    callback: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    max_new_tokens: int = 32,
+) -> Corpus:
+    """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A model name/path (``None``: the bundled all-MiniLM-L6-v2), or loaded objects.
+    labels, ids
+        Gold labels and document ids, one per text (optional).
+    targets
+        Decoder texts for encoder-decoder models (teacher forcing); without them the model
+        generates (greedy, ``max_new_tokens``) and the generated text is used.
+    label_descriptions
+        ``{label: description}`` for zero-shot predictions by embedding similarity, for models
+        without a classification head. Models with a head predict with it.
+    long_texts
+        ``"truncate"`` at ``max_length`` (default: the model's limit), or ``"window"``: overlapping
+        windows (``stride`` tokens of overlap), each stored as a document linked to its source.
+    store
+        Write a zarr store here (atomically; resumable). Without it the corpus stays in memory.
+    callback
+        Called as ``callback(done, total)`` after every batch (progress in apps).
+    force
+        Write even when the estimated store size exceeds the free disk space.
+    """
+    loaded = _loaded(model, tokenizer, device, dtype)
+    texts = _check_texts(texts)
+    ids = _check_ids(ids, len(texts))
+    labels = _check_parallel(labels, len(texts), "labels")
+    targets = _check_parallel(targets, len(texts), "targets")
+    if long_texts not in LONG_TEXT_MODES:
+        raise AttvizError(f"long_texts must be one of {LONG_TEXT_MODES}, not {long_texts!r}")
+    if long_texts == "window" and loaded.encoder_decoder:
+        raise AttvizError("sliding windows are not supported for encoder-decoder models; use truncate")
+    max_length = _max_length(loaded, max_length)
+    predictor = _predictor(label_descriptions, loaded)
+
+    units = tokenize(loaded, texts, ids, labels, max_length=max_length, long_texts=long_texts, stride=stride)
+    if loaded.encoder_decoder:
+        _add_targets(loaded, units, targets, max_length, batch_size, max_new_tokens)
+    settings = {
+        "max_length": max_length,
+        "long_texts": long_texts,
+        "stride": stride if long_texts == "window" else 0,
+        "dtype": str(dtype or "float32"),
+        "predictor": "zero-shot" if predictor else ("classifier" if loaded.label_names else ""),
+        "label_descriptions": dict(zip(predictor.labels, predictor.descriptions, strict=True)) if predictor else {},
+    }
+    attrs = _corpus_attrs(loaded, settings, predictor)
+    estimate = estimate_bytes(loaded, units)
+    truncated = sum(u.truncated for u in units)
+    if progress:
+        note = f"; {truncated} truncated at {max_length} tokens" if truncated else ""
+        print(f"attviz: {len(units)} documents{note}; estimated size {_human(estimate)} "
+              "(float16 matrices, before compression)", file=sys.stderr)
+    if store is not None:
+        _check_disk(store, estimate, force)
+
+    sink: _Sink = _StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume) if store else _MemorySink()
+    label_names = predictor.labels if predictor else loaded.label_names
+    sink.label_names = label_names
+    todo = [u for u in units if u.index not in sink.done]
+    batches = make_batches(todo, batch_size)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), unit="doc", desc="extracting", disable=not progress)
+    if predictor is not None:
+        predictor.prepare(loaded)
+    finished = len(units) - len(todo)
+    try:
+        for batch in batches:
+            results = run_batch(loaded, batch, predictor)
+            attrs.setdefault("causal", int(_is_causal(results[0][1])))
+            sink.write_batch(results)
+            bar.update(len(batch))
+            finished += len(batch)
+            if callback is not None:
+                callback(finished, len(units))
+        sink.drain()
+    except BaseException as exc:
+        sink.abort()
+        bar.close()
+        if isinstance(exc, KeyboardInterrupt) and store is not None:
+            raise ExtractionInterrupted(
+                f"interrupted after {len(sink.done)} of {len(units)} documents; they are kept in "
+                f"{partial_path(store)}; run the same command again to resume"
+            ) from exc
+        raise
+    bar.close()
+    attrs.setdefault("causal", 0)
+    return sink.finish(attrs, units, label_names)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def _loaded(model: Any, tokenizer: Any, device: str, dtype: str | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    if model is None or isinstance(model, str | os.PathLike):
+        return load_model(model, device=device, dtype=dtype)
+    if tokenizer is None:
+        raise AttvizError("pass the tokenizer together with a loaded model")
+    return prepare_model(model, tokenizer, device=device)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, not one string", expected="a sequence of str")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise InputError(f"text {i} is {type(text).__name__}", field=f"texts[{i}]", expected="str")
+        if not text.strip():
+            raise InputError(f"text {i} is empty", field=f"texts[{i}]", expected="non-empty text")
+    if not out:
+        raise InputError("no texts to extract", expected="at least one text")
+    return out
+
+
+def _check_ids(ids: Sequence[str] | None, n: int) -> list[str]:
+    if ids is None:
+        return [f"doc-{i:04d}" for i in range(n)]
+    out = [str(i) for i in ids]
+    if len(out) != n:
+        raise InputError(f"{len(out)} ids for {n} texts", field="ids", expected="one id per text")
+    seen: set[str] = set()
+    for i, value in enumerate(out):
+        if value in seen:
+            raise InputError(f"id {value!r} repeats", field=f"ids[{i}]", expected="unique ids")
+        seen.add(value)
+    return out
+
+
+def _check_parallel(values: Sequence[Any] | None, n: int, what: str) -> list[Any] | None:
+    if values is None:
+        return None
+    out = [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values]
+    if len(out) != n:
+        raise InputError(f"{len(out)} {what} for {n} texts", field=what, expected=f"one of {what} per text")
+    return out
+
+
+def _max_length(loaded: LoadedModel, max_length: int | None) -> int:
+    limits = [getattr(loaded.tokenizer, "model_max_length", None)]
+    limits += [getattr(loaded.config, a, None) for a in ("max_position_embeddings", "n_positions")]
+    limit = min((x for x in limits if isinstance(x, int) and 0 < x < 1_000_000), default=512)
+    if max_length is None:
+        return limit
+    if max_length > limit:
+        raise AttvizError(f"max_length {max_length} exceeds the model's limit of {limit} tokens")
+    return int(max_length)
+
+
+def _predictor(descriptions: Any, loaded: LoadedModel) -> ZeroShotClassifier | None:
+    if descriptions is None or loaded.label_names:
+        return None
+    if loaded.encoder_decoder:
+        raise AttvizError("zero-shot predictions need an encoder-only or decoder-only model")
+    if isinstance(descriptions, ZeroShotClassifier):
+        return descriptions
+    return ZeroShotClassifier(descriptions)
+
+
+def tokenize(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    labels: Sequence[str | None] | None,
+    *,
+    max_length: int,
+    long_texts: str = "truncate",
+    stride: int = 64,
+) -> list[Unit]:
+    """Tokenise texts into units (one per text, or one per window), with offsets and word ids."""
+    window = long_texts == "window"
+    if window and stride >= max_length - 4:
+        raise AttvizError(f"stride {stride} must be well below max_length {max_length}")
+    enc = loaded.tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_length,
+        stride=stride if window else 0,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    rows_of: dict[int, list[int]] = {}
+    for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
+        rows_of.setdefault(int(sample), []).append(row)
+    units: list[Unit] = []
+    for i, text in enumerate(texts):
+        rows = rows_of.get(i, [])
+        if not rows or not enc["input_ids"][rows[0]]:
+            raise InputError(f"text {i} produced no tokens", field=f"texts[{i}]", expected="tokenisable text")
+        use = rows if window else rows[:1]
+        for k, row in enumerate(use):
+            tokens = _token_table(loaded, enc, row)
+            start = 0
+            if window and len(rows) > 1:
+                real = tokens[~tokens["special"]]
+                start = int(real["start"].min()) if len(real) else 0
+                end = int(real["end"].max()) if len(real) else 0
+                tokens.loc[~tokens["special"], ["start", "end"]] -= start
+                words = tokens.loc[~tokens["special"], "word"]
+                tokens.loc[~tokens["special"], "word"] = words - (words.min() if len(words) else 0)
+            multi = window and len(rows) > 1
+            units.append(
+                Unit(
+                    index=len(units),
+                    id=f"{ids[i]}#w{k}" if multi else ids[i],
+                    text=text[start:end] if multi else text,
+                    source_id=ids[i],
+                    source_start=start,
+                    label=labels[i] if labels else None,
+                    input_ids=list(enc["input_ids"][row]),
+                    tokens=tokens,
+                    truncated=not window and len(rows) > 1,
+                )
+            )
+    return units
+
+
+def _token_table(loaded: LoadedModel, enc: Any, row: int) -> pd.DataFrame:
+    ids = enc["input_ids"][row]
+    special = np.asarray(enc["special_tokens_mask"][row], dtype=bool)
+    offsets = np.asarray(enc["offset_mapping"][row], dtype=np.int64).reshape(-1, 2)
+    words = np.array([-1 if w is None else w for w in enc.word_ids(row)], dtype=np.int64)
+    words[special] = -1
+    offsets[special] = 0
+    return token_frame(loaded.tokenizer.convert_ids_to_tokens(ids), words, offsets[:, 0], offsets[:, 1], special)
+
+
+def _add_targets(
+    loaded: LoadedModel,
+    units: list[Unit],
+    targets: Sequence[str | None] | None,
+    max_length: int,
+    batch_size: int,
+    max_new_tokens: int,
+) -> None:
+    """Decoder inputs: given targets, or the model's own greedy generation, teacher-forced."""
+    texts: list[str | None] = [targets[u.index] if targets else None for u in units]
+    missing = [u for u, t in zip(units, texts, strict=True) if t is None]
+    for batch in make_batches(missing, batch_size):
+        input_ids, mask = _pad([u.input_ids for u in batch], loaded.tokenizer.pad_token_id, loaded.device)
+        with torch.inference_mode():
+            generated = loaded.model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False
+            )
+        for unit, sequence in zip(batch, generated, strict=True):
+            texts[unit.index] = loaded.tokenizer.decode(sequence, skip_special_tokens=True).strip() or "."
+    start_id = loaded.config.decoder_start_token_id
+    if start_id is None:
+        start_id = loaded.config.bos_token_id if loaded.config.bos_token_id is not None else loaded.tokenizer.pad_token_id
+    enc = loaded.tokenizer(
+        text_target=[t or "." for t in texts], truncation=True, max_length=max_length - 1,
+        return_offsets_mapping=True, return_special_tokens_mask=True,
+    )
+    start_token = loaded.tokenizer.convert_ids_to_tokens([start_id])[0]
+    for row, unit in enumerate(units):
+        table = _token_table(loaded, enc, row)
+        first = token_frame([start_token], [-1], [0], [0], [True])
+        unit.target = texts[row]
+        unit.target_ids = [start_id, *enc["input_ids"][row]]
+        unit.target_tokens = pd.concat([first, table], ignore_index=True).rename_axis("position")
+
+
+def make_batches(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
+    """Group units of similar length (longest first) so batches carry little padding."""
+    if batch_size < 1:
+        raise AttvizError("batch_size must be at least 1")
+    ordered = sorted(units, key=lambda u: (-len(u.input_ids), u.index))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+# -- running ---------------------------------------------------------------------------------------
+def _pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device):
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _stack(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(layers of (B, H, Q, K)) -> float16 (B, L, H, Q, K) on the host."""
+    return torch.stack([a.to(torch.float16) for a in attentions], dim=1).cpu()
+
+
+def run_batch(loaded: LoadedModel, batch: Sequence[Unit], predictor: ZeroShotClassifier | None = None):
+    """Forward one batch; return ``(unit, {kind: float16 array}, probabilities or None)`` per unit."""
+    pad_id = loaded.tokenizer.pad_token_id
+    input_ids, mask = _pad([u.input_ids for u in batch], pad_id, loaded.device)
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+    if loaded.encoder_decoder:
+        dec_ids, dec_mask = _pad([u.target_ids for u in batch], pad_id, loaded.device)
+        kwargs.update(decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask)
+    with torch.inference_mode():
+        out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
+    config = loaded.config
+    if loaded.encoder_decoder:
+        stacks = {
+            "encoder": (out.encoder_attentions, expected_layers(config, "encoder")),
+            "decoder": (out.decoder_attentions, expected_layers(config, "decoder")),
+            "cross": (out.cross_attentions, expected_layers(config, "decoder")),
+        }
+    else:
+        stacks = {"self": (out.attentions, expected_layers(config, "self"))}
+    matrices = {}
+    for kind, (attentions, layers) in stacks.items():
+        check_attentions(attentions, kind, loaded.name, layers)
+        matrices[kind] = _stack(attentions).numpy()
+    probabilities = None
+    if predictor is not None:
+        probabilities = predictor(out.last_hidden_state, mask).cpu().numpy()
+    elif loaded.label_names and getattr(out, "logits", None) is not None:
+        probabilities = softmax_probabilities(out.logits).cpu().numpy()
+    results = []
+    for b, unit in enumerate(batch):
+        n = len(unit.input_ids)
+        m = len(unit.target_ids or ())
+        sizes = {"self": (n, n), "encoder": (n, n), "decoder": (m, m), "cross": (m, n)}
+        arrays = {kind: values[b, :, :, : sizes[kind][0], : sizes[kind][1]] for kind, values in matrices.items()}
+        results.append((unit, arrays, None if probabilities is None else probabilities[b]))
+    return results
+
+
+def _is_causal(arrays: dict[str, np.ndarray]) -> bool:
+    values = arrays.get("self", arrays.get("decoder"))
+    if values is None or values.shape[-1] < 2:
+        return False
+    return not np.triu(values.astype(np.float32), k=1).any()
+
+
+# -- sinks -------------------------------------------------------------------------------------------
+def _row(unit: Unit, probabilities: np.ndarray | None, label_names: Sequence[str]) -> dict[str, Any]:
+    probs = {} if probabilities is None else {n: float(p) for n, p in zip(label_names, probabilities, strict=True)}
+    return {
+        "doc_id": unit.id,
+        "text": unit.text,
+        "n_tokens": len(unit.input_ids),
+        "label": unit.label or "",
+        "prediction": max(probs, key=probs.__getitem__) if probs else "",
+        "probabilities": probs,
+        "target": unit.target or "",
+        "source_id": unit.source_id,
+        "source_start": unit.source_start,
+        "split": "",
+    }
+
+
+def _unit_tokens(unit: Unit) -> dict[str, pd.DataFrame]:
+    tokens = {"source": unit.tokens}
+    if unit.target_tokens is not None:
+        tokens["target"] = unit.target_tokens
+    return tokens
+
+
+class _Sink:
+    done: set[int]
+    label_names: Sequence[str] = ()
+
+    def write_batch(self, results: list) -> None: ...
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+    def finish(self, attrs: dict[str, Any], units: Sequence[Unit], label_names: Sequence[str]) -> Corpus: ...
+
+
+class _MemorySink(_Sink):
+    def __init__(self) -> None:
+        self.done = set()
+        self.results: dict[int, tuple] = {}
+
+    def write_batch(self, results: list) -> None:
+        for unit, arrays, probs in results:
+            self.results[unit.index] = (unit, arrays, probs)
+            self.done.add(unit.index)
+
+    def finish(self, attrs, units, label_names) -> Corpus:
+        documents = []
+        for index in sorted(self.results):
+            unit, arrays, probs = self.results[index]
+            row = _row(unit, probs, label_names)
+            tokens = _unit_tokens(unit)
+            data = {}
+            for kind, values in arrays.items():
+                q, k = KIND_STREAMS[kind]
+                data[kind] = attention_array(values, tokens[q], tokens[k], name=kind if kind != "self" else "attention")
+            documents.append(
+                Document(
+                    id=unit.id, text=unit.text, arrays=data, label=unit.label,
+                    prediction=row["prediction"] or None, probabilities=row["probabilities"] or None,
+                    target=unit.target, source_id=unit.source_id, source_start=unit.source_start,
+                )
+            )
+        corpus = Corpus(documents, attrs=attrs)
+        corpus._table = build_table(documents, label_names)
+        return corpus
+
+
+class _StoreSink(_Sink):
+    """Writes finished documents from one background thread, overlapping the next forward pass."""
+
+    def __init__(self, store: str | os.PathLike, fingerprint: str, overwrite: bool, resume: bool):
+        self.store = Path(store)
+        self.writer = StoreWriter(store, fingerprint=fingerprint, overwrite=overwrite, resume=resume)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attviz-writer")
+        self.pending: list[Future] = []
+        self.label_names: Sequence[str] = ()
+
+    @property
+    def done(self) -> set[int]:
+        return self.writer.done
+
+    def _write(self, results: list) -> None:
+        for unit, arrays, probs in results:
+            self.writer.write(unit.index, _row(unit, probs, self.label_names), _unit_tokens(unit), arrays,
+                              {kind: {} for kind in arrays})
+        self.writer.flush()
+
+    def write_batch(self, results: list) -> None:
+        while len(self.pending) >= 2:  # bound the memory held by queued batches
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, results))
+
+    def drain(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+    def abort(self) -> None:
+        for future in self.pending:
+            try:
+                future.result()
+            except Exception:  # the first error is the one being raised already
+                pass
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+        self.writer.close()
+
+    def finish(self, attrs, units, label_names) -> Corpus:
+        self.pool.shutdown(wait=True)
+        self.writer.finalize(attrs, label_names)
+        return Corpus.open(self.store)
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------------
+def _corpus_attrs(loaded: LoadedModel, settings: dict[str, Any], predictor: Any) -> dict[str, Any]:
+    import transformers
+
+    import attviz
+
+    config = loaded.config
+    kinds = ["encoder", "decoder", "cross"] if loaded.encoder_decoder else ["self"]
+    return {
+        "model": loaded.name,
+        "model_type": str(getattr(config, "model_type", "")),
+        "layers": expected_layers(config, "encoder" if loaded.encoder_decoder else "self") or 0,
+        "heads": int(getattr(config, "num_attention_heads", 0) or getattr(config, "num_heads", 0) or 0),
+        "kinds": kinds,
+        "encoder_decoder": int(loaded.encoder_decoder),
+        "attn_implementation": "eager",
+        "settings": json.dumps(settings, sort_keys=True),
+        "attviz_version": attviz.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _fingerprint(loaded: LoadedModel, settings: dict[str, Any], units: Sequence[Unit]) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([loaded.name, settings], sort_keys=True).encode())
+    for unit in units:
+        digest.update(json.dumps([unit.id, unit.text, unit.label, unit.target]).encode())
+    return digest.hexdigest()
+
+
+def estimate_bytes(loaded: LoadedModel, units: Sequence[Unit]) -> int:
+    """Bytes of float16 matrices the units will store (before compression)."""
+    config = loaded.config
+    heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "num_heads", 0) or 1)
+    total = 0
+    for unit in units:
+        n, m = len(unit.input_ids), len(unit.target_ids or ())
+        if loaded.encoder_decoder:
+            total += (expected_layers(config, "encoder") or 1) * heads * n * n
+            total += (expected_layers(config, "decoder") or 1) * heads * (m * m + m * n)
+        else:
+            total += (expected_layers(config, "self") or 1) * heads * n * n
+    return total * 2
+
+
+def _check_disk(store: str | os.PathLike, estimate: int, force: bool) -> None:
+    parent = Path(store).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if estimate > free and not force:
+        raise AttvizError(
+            f"the store would need about {_human(estimate)} but {parent} has {_human(free)} free; "
+            "keep fewer documents or tokens, or pass force=True (--force) to try anyway"
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,80 @@
+"""A corpus at a glance: what ``attviz info`` prints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attviz.corpus import Corpus
+
+
+def directory_bytes(path: str | os.PathLike) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summarize(corpus: Corpus) -> dict[str, Any]:
+    """Documents, tokens, layers, heads, model, labels, accuracy, storage of a corpus."""
+    table = corpus.table
+    n_tokens = table["n_tokens"].to_numpy() if len(table) else np.zeros(0)
+    attrs = corpus.attrs
+    labelled = table["label"].notna() & table["prediction"].notna() if len(table) else []
+    accuracy = float(table.loc[labelled, "correct"].astype(bool).mean()) if len(table) and labelled.any() else None
+    kinds = attrs.get("kinds") or sorted({k for doc in corpus for k in doc.kinds})
+    info: dict[str, Any] = {
+        "documents": len(corpus),
+        "tokens": int(n_tokens.sum()),
+        "tokens_per_document": {
+            "min": int(n_tokens.min()) if len(n_tokens) else 0,
+            "mean": round(float(n_tokens.mean()), 1) if len(n_tokens) else 0.0,
+            "max": int(n_tokens.max()) if len(n_tokens) else 0,
+        },
+        "layers": int(attrs.get("layers") or 0),
+        "heads": int(attrs.get("heads") or 0),
+        "kinds": list(kinds),
+        "model": attrs.get("model") or None,
+        "labels": corpus.label_names,
+        "gold_labels": int(table["label"].notna().sum()) if len(table) else 0,
+        "predictions": int(table["prediction"].notna().sum()) if len(table) else 0,
+        "accuracy": None if accuracy is None else round(accuracy, 4),
+    }
+    if corpus.path:
+        stored = directory_bytes(corpus.path)
+        raw = _raw_float16_bytes(corpus)
+        info["path"] = str(corpus.path)
+        info["bytes_on_disk"] = stored
+        info["raw_float16_bytes"] = raw
+        info["compression_ratio"] = round(raw / stored, 3) if stored and raw else None
+    return info
+
+
+def _raw_float16_bytes(corpus: Corpus) -> int:
+    layers, heads = int(corpus.attrs.get("layers") or 0), int(corpus.attrs.get("heads") or 0)
+    if not layers or not heads or corpus.attrs.get("encoder_decoder"):
+        return 0
+    n = corpus.table["n_tokens"].to_numpy(dtype=np.int64)
+    return int((layers * heads * n * n * 2).sum())
+
+
+def format_summary(info: dict[str, Any]) -> str:
+    per = info["tokens_per_document"]
+    lines = [
+        f"documents   {info['documents']}",
+        f"tokens      {info['tokens']} (per document min {per['min']}, mean {per['mean']}, max {per['max']})",
+        f"model       {info['model'] or '-'}",
+        f"attention   {info['layers']} layers x {info['heads']} heads ({', '.join(info['kinds']) or '-'})",
+        f"labels      {', '.join(info['labels']) or '-'}",
+        f"gold labels {info['gold_labels']}, predictions {info['predictions']}",
+    ]
+    if info["accuracy"] is not None:
+        lines.append(f"accuracy    {info['accuracy']:.1%}")
+    if info.get("bytes_on_disk"):
+        ratio = info.get("compression_ratio")
+        extra = f" ({ratio:.2f}x smaller than raw float16)" if ratio else ""
+        lines.append(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB{extra}")
+    return "\n".join(lines)
