@@ -18,8 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("extract", help="run a model over texts and store every attention matrix",
-                       description="Run a model over texts and store its attention in a zarr store.")
+    p = sub.add_parser(
+        "extract",
+        help="run a model over texts and store every attention matrix",
+        description="Run a model over texts and store its attention in a zarr store.",
+    )
     p.add_argument("input", help="texts: .txt (one per line), .csv/.tsv or .jsonl")
     p.add_argument("-o", "--output", required=True, help="store to write (a .zarr directory)")
     p.add_argument("--model", default=None, help="Hugging Face model name or path (default: bundled all-MiniLM-L6-v2)")
@@ -27,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default=None, help="column with gold labels (default: 'label' if present)")
     p.add_argument("--id-column", default=None, help="column with document ids (default: 'id' if present)")
     p.add_argument("--target-column", default=None, help="decoder text for encoder-decoder models")
-    p.add_argument("--label-descriptions", default=None,
-                   help="JSON file {label: description} for zero-shot predictions (models without a classifier)")
+    p.add_argument(
+        "--label-descriptions",
+        default=None,
+        help="JSON file {label: description} for zero-shot predictions (models without a classifier)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="documents per forward pass (default 8)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per document (default: model limit)")
     p.add_argument("--windows", action="store_true", help="split long texts into overlapping windows")
@@ -40,29 +46,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("info", help="describe a store or any readable input",
-                       description="Documents, tokens, layers, heads, model, labels, accuracy.")
+    p = sub.add_parser(
+        "info",
+        help="describe a store or any readable input",
+        description="Documents, tokens, layers, heads, model, labels, accuracy.",
+    )
     p.add_argument("input", help="store, netCDF file or legacy AttViz JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = sub.add_parser("convert", help="convert between formats (store, .nc, legacy AttViz JSON)",
-                       description="Read any readable input and write a store (.zarr) or a netCDF file (.nc).")
+    p = sub.add_parser(
+        "convert",
+        help="convert between formats (store, .nc, legacy AttViz JSON)",
+        description="Read any readable input and write a store (.zarr) or a netCDF file (.nc).",
+    )
     p.add_argument("input", help="store, netCDF file, legacy AttViz JSON or .npz tensors")
     p.add_argument("-o", "--output", required=True, help="output: DIR.zarr (store) or FILE.nc")
     p.add_argument("--reader", default=None, help="reader plugin name (default: guess)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
-    p = sub.add_parser("plugins", help="list aggregation, view and reader plugins",
-                       description="Every plugin with its group, name, distribution and status.")
+    p = sub.add_parser(
+        "plugins",
+        help="list aggregation, view and reader plugins",
+        description="Every plugin with its group, name, distribution and status.",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("demo", help="build (once) and describe the bundled demo corpus",
-                       description="Extract the demo corpus with the bundled model (cached) and describe it.")
+    p = sub.add_parser(
+        "demo",
+        help="build (once) and describe the bundled demo corpus",
+        description="Extract the demo corpus with the bundled model (cached) and describe it.",
+    )
     p.add_argument("--rebuild", action="store_true", help="extract again even if cached")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("serve", help="start the explorer (default: on the demo corpus)",
-                       description="Start the attviz explorer in a browser.")
+    p = sub.add_parser(
+        "serve",
+        help="start the explorer (default: on the demo corpus)",
+        description="Start the attviz explorer in a browser.",
+    )
     p.add_argument("inputs", nargs="*", help="stores or files to explore (default: the demo corpus)")
     p.add_argument("--model", default=None, help="model for live input (default: bundled MiniLM)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
@@ -91,15 +112,30 @@ def _extract(args: argparse.Namespace) -> int:
     from attviz.inputs import read_texts
     from attviz.models import ZeroShotClassifier, load_model
 
-    data = read_texts(args.input, text_column=args.text_column, label_column=args.label_column,
-                      id_column=args.id_column, target_column=args.target_column)
+    data = read_texts(
+        args.input,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        id_column=args.id_column,
+        target_column=args.target_column,
+    )
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     descriptions = ZeroShotClassifier.from_file(args.label_descriptions) if args.label_descriptions else None
     corpus = extract(
-        data.texts, model=loaded, ids=data.ids, labels=data.labels, targets=data.targets,
-        label_descriptions=descriptions, batch_size=args.batch_size, max_length=args.max_length,
-        long_texts="window" if args.windows else "truncate", stride=args.stride, store=args.output,
-        overwrite=args.overwrite, progress=not args.quiet, force=args.force,
+        data.texts,
+        model=loaded,
+        ids=data.ids,
+        labels=data.labels,
+        targets=data.targets,
+        label_descriptions=descriptions,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        long_texts="window" if args.windows else "truncate",
+        stride=args.stride,
+        store=args.output,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        force=args.force,
     )
     if not args.quiet:
         print(f"wrote {len(corpus)} documents to {args.output}", file=sys.stderr)
@@ -166,8 +202,9 @@ def _serve(args: argparse.Namespace) -> int:
         corpora = [read(p) for p in args.inputs] or [demo_corpus()]
         for corpus in corpora:
             _print_info(corpus, False)
-        print("attviz serve: the explorer app is not built yet; shown above is the corpus it will open",
-              file=sys.stderr)
+        print(
+            "attviz serve: the explorer app is not built yet; shown above is the corpus it will open", file=sys.stderr
+        )
         return 0
     return serve(args.inputs, model=args.model, port=args.port, show=args.show)
 

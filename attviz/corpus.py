@@ -103,9 +103,7 @@ def attention_array(
     )
 
 
-def vector_array(
-    values: Any, tokens: pd.DataFrame, names: Sequence[str], *, name: str = "vectors"
-) -> xr.DataArray:
+def vector_array(values: Any, tokens: pd.DataFrame, names: Sequence[str], *, name: str = "vectors") -> xr.DataArray:
     """Wrap a ``(vector, token)`` array of per-token values (e.g. legacy AttViz vectors)."""
     coords = {"vector": np.asarray(list(names), dtype=object), **token_coords(tokens, "token")}
     return xr.DataArray(
@@ -119,9 +117,7 @@ def vector_array(
 
 def tokens_of(array: xr.DataArray, dim: str) -> pd.DataFrame:
     """The token table of one token dimension of a DataArray (inverse of :func:`token_coords`)."""
-    return token_frame(
-        *(np.asarray(array.coords[f"{dim}_{name}"].values) for name in TOKEN_FIELDS)
-    )
+    return token_frame(*(np.asarray(array.coords[f"{dim}_{name}"].values) for name in TOKEN_FIELDS))
 
 
 @dataclass
@@ -184,7 +180,7 @@ class Document:
     # -- tokens --------------------------------------------------------------------------------
     def token_table(self, stream: str = "source") -> pd.DataFrame:
         """Token table of a stream (``"source"`` or ``"target"``): text, word, start, end, special."""
-        for kind, array in self.arrays.items():
+        for kind, _array in self.arrays.items():
             if kind == "vectors" and stream == "source":
                 return tokens_of(self.get(kind), "token")
             if kind in KIND_STREAMS:
@@ -297,9 +293,7 @@ class Corpus(Sequence[Document]):
             frame["confidence"] = np.nan
         if "label" in frame and "prediction" in frame:
             known = frame["label"].notna() & frame["prediction"].notna()
-            frame["correct"] = pd.array(
-                np.where(known, frame["label"] == frame["prediction"], False), dtype="boolean"
-            )
+            frame["correct"] = pd.array(np.where(known, frame["label"] == frame["prediction"], False), dtype="boolean")
             frame.loc[~known, "correct"] = pd.NA
         return frame.set_index("id", drop=False)
 
@@ -309,9 +303,7 @@ class Corpus(Sequence[Document]):
         ds = self._table
         if "probability" not in ds or not ds.sizes.get("class", 0):
             return pd.DataFrame(index=self.ids)
-        return pd.DataFrame(
-            ds["probability"].values, index=self.ids, columns=[str(c) for c in ds["class"].values]
-        )
+        return pd.DataFrame(ds["probability"].values, index=self.ids, columns=[str(c) for c in ds["class"].values])
 
     @property
     def label_names(self) -> list[str]:
@@ -371,7 +363,7 @@ def table_from_rows(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str
     """Build the corpus table from rows as made by :func:`table_row`."""
     classes: list[str] = list(label_names or [])
     for row in rows:
-        for name in list(row.get("probabilities") or {}) + [row.get("label") or "", row.get("prediction") or ""]:
+        for name in [*list(row.get("probabilities") or {}), row.get("label") or "", row.get("prediction") or ""]:
             if name and name not in classes:
                 classes.append(name)
     probs = np.full((len(rows), len(classes)), np.nan, dtype=np.float32)

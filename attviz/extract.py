@@ -7,6 +7,7 @@ the store from a background thread while the next batch computes, and resumes an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -137,12 +138,17 @@ def extract(
     truncated = sum(u.truncated for u in units)
     if progress:
         note = f"; {truncated} truncated at {max_length} tokens" if truncated else ""
-        print(f"attviz: {len(units)} documents{note}; estimated size {_human(estimate)} "
-              "(float16 matrices, before compression)", file=sys.stderr)
+        print(
+            f"attviz: {len(units)} documents{note}; estimated size {_human(estimate)} "
+            "(float16 matrices, before compression)",
+            file=sys.stderr,
+        )
     if store is not None:
         _check_disk(store, estimate, force)
 
-    sink: _Sink = _StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume) if store else _MemorySink()
+    sink: _Sink = (
+        _StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume) if store else _MemorySink()
+    )
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
     todo = [u for u in units if u.index not in sink.done]
@@ -336,10 +342,15 @@ def _add_targets(
             texts[unit.index] = loaded.tokenizer.decode(sequence, skip_special_tokens=True).strip() or "."
     start_id = loaded.config.decoder_start_token_id
     if start_id is None:
-        start_id = loaded.config.bos_token_id if loaded.config.bos_token_id is not None else loaded.tokenizer.pad_token_id
+        start_id = (
+            loaded.config.bos_token_id if loaded.config.bos_token_id is not None else loaded.tokenizer.pad_token_id
+        )
     enc = loaded.tokenizer(
-        text_target=[t or "." for t in texts], truncation=True, max_length=max_length - 1,
-        return_offsets_mapping=True, return_special_tokens_mask=True,
+        text_target=[t or "." for t in texts],
+        truncation=True,
+        max_length=max_length - 1,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
     )
     start_token = loaded.tokenizer.convert_ids_to_tokens([start_id])[0]
     for row, unit in enumerate(units):
@@ -475,9 +486,15 @@ class _MemorySink(_Sink):
                 data[kind] = attention_array(values, tokens[q], tokens[k], name=kind if kind != "self" else "attention")
             documents.append(
                 Document(
-                    id=unit.id, text=unit.text, arrays=data, label=unit.label,
-                    prediction=row["prediction"] or None, probabilities=row["probabilities"] or None,
-                    target=unit.target, source_id=unit.source_id, source_start=unit.source_start,
+                    id=unit.id,
+                    text=unit.text,
+                    arrays=data,
+                    label=unit.label,
+                    prediction=row["prediction"] or None,
+                    probabilities=row["probabilities"] or None,
+                    target=unit.target,
+                    source_id=unit.source_id,
+                    source_start=unit.source_start,
                 )
             )
         corpus = Corpus(documents, attrs=attrs)
@@ -501,8 +518,13 @@ class _StoreSink(_Sink):
 
     def _write(self, results: list) -> None:
         for unit, arrays, probs in results:
-            self.writer.write(unit.index, _row(unit, probs, self.label_names), _unit_tokens(unit), arrays,
-                              {kind: {} for kind in arrays})
+            self.writer.write(
+                unit.index,
+                _row(unit, probs, self.label_names),
+                _unit_tokens(unit),
+                arrays,
+                {kind: {} for kind in arrays},
+            )
         self.writer.flush()
 
     def write_batch(self, results: list) -> None:
@@ -517,10 +539,8 @@ class _StoreSink(_Sink):
 
     def abort(self) -> None:
         for future in self.pending:
-            try:
+            with contextlib.suppress(Exception):  # the error being raised already is the one to report
                 future.result()
-            except Exception:  # the first error is the one being raised already
-                pass
         self.pending.clear()
         self.pool.shutdown(wait=True)
         self.writer.close()

@@ -51,15 +51,11 @@ def read_texts(
     columns = set().union(*(row.keys() for row in rows))
 
     def pick(name: str | None, default: str, required: bool) -> str | None:
-        if name is not None:
-            if name not in columns:
-                raise InputError(
-                    f"no column {name!r}", file=path, expected=f"one of {sorted(columns)}"
-                )
-            return name
-        if required and default not in columns:
-            raise InputError(f"no column {default!r}", file=path, expected=f"one of {sorted(columns)} (use --text-column)")
-        return default if default in columns else None
+        wanted = name if name is not None else (default if required else None)
+        if wanted is not None and wanted not in columns:
+            option = f" (use --{default}-column)"
+            raise InputError(f"no column {wanted!r}", file=path, expected=f"one of {sorted(columns)}{option}")
+        return name if name is not None else (default if default in columns else None)
 
     text_key = pick(text_column, "text", True)
     label_key = pick(label_column, "label", False)
@@ -69,7 +65,9 @@ def read_texts(
     for row, line in zip(rows, where, strict=True):
         value = row.get(text_key)
         if not isinstance(value, str) or not value.strip():
-            raise InputError("empty or missing text", file=path, field=f"{line}, column {text_key!r}", expected="non-empty text")
+            raise InputError(
+                "empty or missing text", file=path, field=f"{line}, column {text_key!r}", expected="non-empty text"
+            )
         texts.append(value)
 
     def column(key: str | None) -> list | None:
@@ -103,7 +101,9 @@ def _read_jsonl(path: Path) -> tuple[list[dict], list[str]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise InputError(f"invalid JSON ({exc.msg} at column {exc.colno})", file=path, field=f"line {number}") from exc
+                raise InputError(
+                    f"invalid JSON ({exc.msg} at column {exc.colno})", file=path, field=f"line {number}"
+                ) from exc
             if not isinstance(row, dict):
                 raise InputError("not a JSON object", file=path, field=f"line {number}", expected='{"text": ...}')
             rows.append(row)

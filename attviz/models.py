@@ -56,8 +56,15 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
 def pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in names:
         raise AttvizError(f"unknown dtype {dtype!r} (expected one of {sorted(names)})")
     return names[dtype]
@@ -191,12 +198,16 @@ class ZeroShotClassifier:
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             from attviz.errors import InputError
 
-            raise InputError("label descriptions must be a JSON object", file=path, expected='{"label": "description", ...}')
+            raise InputError(
+                "label descriptions must be a JSON object", file=path, expected='{"label": "description", ...}'
+            )
         return cls(data, temperature)
 
     def prepare(self, loaded: LoadedModel) -> None:
         encoded = loaded.tokenizer(self.descriptions, padding=True, truncation=True, return_tensors="pt")
-        encoded = {k: v.to(loaded.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        encoded = {
+            k: v.to(loaded.device) for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
         with torch.inference_mode():
             hidden = loaded.model(**encoded).last_hidden_state
         self._label_embeddings = mean_pool(hidden, encoded["attention_mask"])

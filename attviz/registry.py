@@ -10,6 +10,7 @@ left out, never crashing attviz. Tests inject hand-built ``EntryPoint`` objects 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata as metadata
 import logging
@@ -72,13 +73,14 @@ def register_validator(group: str, validator: Callable[[Any], None]) -> None:
 def _validator(group: str) -> Callable[[Any], None] | None:
     if group not in _VALIDATORS:
         # Importing the base module registers its validator.
-        base = {"attviz.readers": "attviz.readers.base", "attviz.aggregations": "attviz.aggregations.base",
-                "attviz.views": "attviz.views.base"}.get(group)
+        base = {
+            "attviz.readers": "attviz.readers.base",
+            "attviz.aggregations": "attviz.aggregations.base",
+            "attviz.views": "attviz.views.base",
+        }.get(group)
         if base:
-            try:
+            with contextlib.suppress(ImportError):
                 __import__(base)
-            except ImportError:
-                pass
     return _VALIDATORS.get(group)
 
 

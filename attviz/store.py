@@ -137,8 +137,7 @@ class StoreWriter:
             "row": dict(row),
             "kinds": list(arrays),
             "tokens": {
-                stream: {f: _jsonable(frame[f].tolist()) for f in TOKEN_FIELDS}
-                for stream, frame in tokens.items()
+                stream: {f: _jsonable(frame[f].tolist()) for f in TOKEN_FIELDS} for stream, frame in tokens.items()
             },
         }
         self._progress.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -312,9 +311,7 @@ def open_store(path: str | os.PathLike) -> Corpus:
     if not info.get("complete"):
         raise StoreError(f"{path} is not an attviz store (missing the 'attviz' attributes)")
     if int(info.get("format_version", 0)) > FORMAT_VERSION:
-        raise StoreError(
-            f"{path} was written by a newer attviz (format {info['format_version']}); upgrade attviz"
-        )
+        raise StoreError(f"{path} was written by a newer attviz (format {info['format_version']}); upgrade attviz")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         table = xr.open_zarr(path, group="table", consolidated=True).load()

@@ -41,8 +41,13 @@ def tiny_bert(bert_tokenizer):
 
     _seeded(0)
     config = BertConfig(
-        vocab_size=bert_tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=3,
-        intermediate_size=32, max_position_embeddings=128, attn_implementation="eager",
+        vocab_size=bert_tokenizer.vocab_size,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        attn_implementation="eager",
     )
     return BertModel(config).eval(), bert_tokenizer
 
@@ -53,9 +58,15 @@ def tiny_bert_classifier(bert_tokenizer):
 
     _seeded(1)
     config = BertConfig(
-        vocab_size=bert_tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128, num_labels=3,
-        id2label={0: "neg", 1: "neutral", 2: "pos"}, label2id={"neg": 0, "neutral": 1, "pos": 2},
+        vocab_size=bert_tokenizer.vocab_size,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        num_labels=3,
+        id2label={0: "neg", 1: "neutral", 2: "pos"},
+        label2id={"neg": 0, "neutral": 1, "pos": 2},
         attn_implementation="eager",
     )
     return BertForSequenceClassification(config).eval(), bert_tokenizer
@@ -86,7 +97,11 @@ def tiny_gpt2(bpe_tokenizer):
 
     _seeded(2)
     config = GPT2Config(
-        vocab_size=len(bpe_tokenizer), n_embd=24, n_layer=2, n_head=3, n_positions=96,
+        vocab_size=len(bpe_tokenizer),
+        n_embd=24,
+        n_layer=2,
+        n_head=3,
+        n_positions=96,
         attn_implementation="eager",
     )
     return GPT2Model(config).eval(), bpe_tokenizer
@@ -99,9 +114,17 @@ def tiny_t5(bert_tokenizer):
 
     _seeded(3)
     config = T5Config(
-        vocab_size=bert_tokenizer.vocab_size, d_model=24, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2,
-        num_heads=3, decoder_start_token_id=bert_tokenizer.pad_token_id, pad_token_id=bert_tokenizer.pad_token_id,
-        eos_token_id=bert_tokenizer.sep_token_id, attn_implementation="eager",
+        vocab_size=bert_tokenizer.vocab_size,
+        d_model=24,
+        d_kv=8,
+        d_ff=32,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=3,
+        decoder_start_token_id=bert_tokenizer.pad_token_id,
+        pad_token_id=bert_tokenizer.pad_token_id,
+        eos_token_id=bert_tokenizer.sep_token_id,
+        attn_implementation="eager",
     )
     return T5ForConditionalGeneration(config).eval(), bert_tokenizer
 

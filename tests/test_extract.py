@@ -27,8 +27,11 @@ def _direct(model, tokenizer, text, **kw):
     """Attention of one text from a direct model call, no batching: (L, H, T, T) float32."""
     enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=kw.pop("max_length", 128))
     with torch.inference_mode():
-        out = model(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")},
-                    output_attentions=True, **kw)
+        out = model(
+            **{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")},
+            output_attentions=True,
+            **kw,
+        )
     return torch.stack(out.attentions, 1)[0].numpy()
 
 
@@ -114,8 +117,9 @@ def test_encoder_decoder_generates_targets_when_none_given(tiny_t5):
 
 def test_classifier_head_gives_probabilities(tiny_bert_classifier):
     model, tok = tiny_bert_classifier
-    corpus = extract(TEXTS, model=model, tokenizer=tok, labels=["pos", "neg", "pos", None, "neutral"],
-                     progress=False, device="cpu")
+    corpus = extract(
+        TEXTS, model=model, tokenizer=tok, labels=["pos", "neg", "pos", None, "neutral"], progress=False, device="cpu"
+    )
     assert corpus.label_names == ["neg", "neutral", "pos"]
     probs = corpus.probabilities
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
@@ -132,8 +136,17 @@ def test_classifier_head_gives_probabilities(tiny_bert_classifier):
 def test_sliding_windows_cover_the_text(tiny_bert):
     model, tok = tiny_bert
     long = " ".join(f"word{i} is here" for i in range(40))
-    corpus = extract([long, "short text"], model=model, tokenizer=tok, ids=["long", "short"], max_length=32,
-                     long_texts="window", stride=8, progress=False, device="cpu")
+    corpus = extract(
+        [long, "short text"],
+        model=model,
+        tokenizer=tok,
+        ids=["long", "short"],
+        max_length=32,
+        long_texts="window",
+        stride=8,
+        progress=False,
+        device="cpu",
+    )
     windows = [d for d in corpus if d.source_id == "long"]
     assert len(windows) > 2 and [d.id for d in windows] == [f"long#w{k}" for k in range(len(windows))]
     assert corpus["short"].source_id == "short"
@@ -149,16 +162,23 @@ def test_sliding_windows_cover_the_text(tiny_bert):
 
 def test_truncation_is_reported_in_table(tiny_bert):
     model, tok = tiny_bert
-    corpus = extract(["one two three four five six seven eight nine ten"], model=model, tokenizer=tok,
-                     max_length=6, progress=False, device="cpu")
+    corpus = extract(
+        ["one two three four five six seven eight nine ten"],
+        model=model,
+        tokenizer=tok,
+        max_length=6,
+        progress=False,
+        device="cpu",
+    )
     assert corpus[0].n_tokens == 6 and corpus[0].tokens[-1] == "[SEP]"
 
 
 def test_resume_after_interruption_gives_the_same_store(tiny_bert, tmp_path):
     model, tok = tiny_bert
     texts = [f"document number {i} " + "word " * (i % 7) for i in range(12)]
-    reference = extract(texts, model=model, tokenizer=tok, batch_size=3, store=tmp_path / "ref.zarr",
-                        progress=False, device="cpu")
+    reference = extract(
+        texts, model=model, tokenizer=tok, batch_size=3, store=tmp_path / "ref.zarr", progress=False, device="cpu"
+    )
     calls = []
 
     def stop_after_two_batches(done, total):
@@ -168,16 +188,32 @@ def test_resume_after_interruption_gives_the_same_store(tiny_bert, tmp_path):
 
     store = tmp_path / "resumed.zarr"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        extract(texts, model=model, tokenizer=tok, batch_size=3, store=store, progress=False,
-                callback=stop_after_two_batches, device="cpu")
+        extract(
+            texts,
+            model=model,
+            tokenizer=tok,
+            batch_size=3,
+            store=store,
+            progress=False,
+            callback=stop_after_two_batches,
+            device="cpu",
+        )
     assert not store.exists() and partial_path(store).exists()
     with pytest.raises(StoreError, match="resume"):
         from attviz import Corpus
 
         Corpus.open(store)
     seen = []
-    resumed = extract(texts, model=model, tokenizer=tok, batch_size=3, store=store, progress=False,
-                      callback=lambda done, total: seen.append(done), device="cpu")
+    resumed = extract(
+        texts,
+        model=model,
+        tokenizer=tok,
+        batch_size=3,
+        store=store,
+        progress=False,
+        callback=lambda done, total: seen.append(done),
+        device="cpu",
+    )
     assert seen[0] == 9  # 6 documents were kept, so the first new batch brings it to 9
     assert not partial_path(store).exists()
     assert resumed.ids == reference.ids
@@ -194,20 +230,26 @@ def test_resume_refuses_other_settings(tiny_bert, tmp_path):
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError):
-        extract(TEXTS, model=model, tokenizer=tok, batch_size=1, store=store, progress=False, callback=crash,
-                device="cpu")
+        extract(
+            TEXTS, model=model, tokenizer=tok, batch_size=1, store=store, progress=False, callback=crash, device="cpu"
+        )
     with pytest.raises(StoreError, match="different settings"):
         extract(TEXTS[:3], model=model, tokenizer=tok, store=store, progress=False, device="cpu")
-    corpus = extract(TEXTS[:3], model=model, tokenizer=tok, store=store, progress=False, overwrite=True,
-                     device="cpu")
+    corpus = extract(TEXTS[:3], model=model, tokenizer=tok, store=store, progress=False, overwrite=True, device="cpu")
     assert len(corpus) == 3
 
 
 def test_model_without_attention_weights_is_a_clear_error(bert_tokenizer):
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=bert_tokenizer.vocab_size, hidden_size=24, num_hidden_layers=2,
-                        num_attention_heads=3, intermediate_size=32, attn_implementation="sdpa")
+    config = BertConfig(
+        vocab_size=bert_tokenizer.vocab_size,
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=32,
+        attn_implementation="sdpa",
+    )
     model = BertModel(config).eval()
     from attviz.extract import make_batches, run_batch, tokenize
 

@@ -16,19 +16,27 @@ from attviz.aggregations.base import Aggregation, replace_dims, to_token
 from attviz.aggregations.reductions import CLARK
 
 
-def row_entropy(p: xr.DataArray, normalised: bool = False, causal: bool = False) -> xr.DataArray:
-    """Entropy over ``key`` of each row of ``p`` (float64), optionally divided by its maximum."""
-    p = p.astype(np.float64)
-    total = p.sum("key")
-    p = p / xr.where(total > 0, total, 1.0)
-    # where p == 0 the term is 0; feeding 1 to the log keeps it finite and lazy-friendly
-    h = -(p * np.log(xr.where(p > 0, p, 1.0))).sum("key")
+def entropy_kernel(a: np.ndarray) -> np.ndarray:
+    """Entropy (nats) over the last axis of non-negative weights, rows re-normalised; float32."""
+    p = np.asarray(a, dtype=np.float32)
+    total = p.sum(-1, keepdims=True)
+    p = p / np.where(total > 0, total, 1)
+    # 0 ln 0 = 0: where p == 0 take ln 1 = 0
+    return -np.einsum("...k,...k->...", p, np.log(np.where(p > 0, p, 1)))
+
+
+def row_entropy(array: xr.DataArray, normalised: bool = False, causal: bool = False) -> xr.DataArray:
+    """Entropy over ``key`` of each row of ``array``, optionally divided by its maximum."""
+    h = xr.apply_ufunc(
+        entropy_kernel, array, input_core_dims=[["key"]], dask="parallelized",
+        output_dtypes=[np.float32],
+    )
     if normalised:
         if causal:
-            count = xr.DataArray(np.arange(1, p.sizes["query"] + 1), dims="query")
+            count = xr.DataArray(np.arange(1, array.sizes["query"] + 1), dims="query")
         else:
-            count = xr.DataArray(p.sizes["key"])
-        largest = np.log(count.astype(np.float64))
+            count = xr.DataArray(array.sizes["key"])
+        largest = np.log(count.astype(np.float32))
         h = xr.where(largest > 0, h / xr.where(largest > 0, largest, 1.0), 0.0)
     return h
 

@@ -1,7 +1,7 @@
 """Reductions over heads and/or layers: mean, max, min, median, population std, range.
 
-Each keeps every other dim and all token coords; the input is upcast to float32 first (stored
-attention is float16) and dask arrays stay lazy. Reference: Clark et al. 2019, "What Does BERT
+Each keeps every other dim and all token coords; results are float32 (stored attention is float16:
+sums accumulate in float32, max/min are exact) and dask arrays stay lazy. Reference: Clark et al. 2019, "What Does BERT
 Look At? An Analysis of BERT's Attention" (per-head and averaged attention maps),
 https://arxiv.org/abs/1906.04341.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import param
 import xarray as xr
 
@@ -41,7 +42,7 @@ class Reduction(Aggregation):
         return replace_dims(input_dims, drop=self.needs())
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
-        return self.reduce(as_float(array), list(self.needs()))
+        return self.reduce(array, list(self.needs()))
 
     def reduce(self, array: xr.DataArray, dims: list[str]) -> xr.DataArray:
         raise NotImplementedError
@@ -54,7 +55,8 @@ class Mean(Reduction):
     statistic = "mean"
 
     def reduce(self, array, dims):
-        return array.mean(dims)
+        # float32 accumulation without an upcast copy; NaN propagates (attention has none)
+        return array.mean(dims, dtype=np.float32, skipna=False)
 
 
 class Max(Reduction):
@@ -64,7 +66,7 @@ class Max(Reduction):
     statistic = "maximum"
 
     def reduce(self, array, dims):
-        return array.max(dims)
+        return as_float(array.max(dims))  # exact in the stored precision
 
 
 class Min(Reduction):
@@ -74,7 +76,7 @@ class Min(Reduction):
     statistic = "minimum"
 
     def reduce(self, array, dims):
-        return array.min(dims)
+        return as_float(array.min(dims))
 
 
 class Median(Reduction):
@@ -86,7 +88,7 @@ class Median(Reduction):
     def reduce(self, array, dims):
         if array.chunks is not None:  # dask's median needs the reduced dims in one chunk
             array = array.chunk({d: -1 for d in dims})
-        return array.median(dims)
+        return as_float(array).median(dims)
 
 
 class Std(Reduction):
@@ -96,7 +98,7 @@ class Std(Reduction):
     statistic = "population standard deviation of"
 
     def reduce(self, array, dims):
-        return array.std(dims, ddof=0)
+        return as_float(array).std(dims, ddof=0)
 
 
 class Range(Reduction):
@@ -106,7 +108,7 @@ class Range(Reduction):
     statistic = "range of"
 
     def reduce(self, array, dims):
-        return array.max(dims) - array.min(dims)
+        return as_float(array.max(dims)) - as_float(array.min(dims))
 
 
 __all__ = ["Max", "Mean", "Median", "Min", "Range", "Reduction", "Std"]

@@ -18,7 +18,7 @@ import numpy as np
 import param
 import xarray as xr
 
-from attviz.aggregations.base import Aggregation, as_float
+from attviz.aggregations.base import Aggregation
 
 ABNAR = (
     'Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", '
@@ -31,14 +31,23 @@ def mixed_attention(array: xr.DataArray, residual: float, fusion: str = "mean") 
     """Ã per layer as a float64 ``(..., layer, query, key)`` numpy array (heads fused)."""
     if array.sizes["query"] != array.sizes["key"]:
         raise ValueError("rollout and flow need self-attention (as many queries as keys)")
-    array = array.sortby("layer").transpose(..., "layer", "head", "query", "key")
-    fused = getattr(as_float(array), fusion)("head")  # float32 reduction, lazy for dask
+    array = by_layer(array).transpose(..., "layer", "head", "query", "key")
+    if fusion == "mean":  # accumulate in float32 without an upcast copy of the whole array
+        fused = array.mean("head", dtype=np.float32, skipna=False)
+    else:  # max/min are exact in the stored precision
+        fused = getattr(array, fusion)("head")
     a = np.asarray(fused.data, dtype=np.float64)
     mixed = (1.0 - residual) * a
     idx = np.arange(a.shape[-1])
     mixed[..., idx, idx] += residual
     total = mixed.sum(-1, keepdims=True)
     return mixed / np.where(total > 0, total, 1.0)
+
+
+def by_layer(array: xr.DataArray) -> xr.DataArray:
+    """``array`` in increasing ``layer`` order (no copy when it already is)."""
+    layers = np.asarray(array["layer"].values)
+    return array if np.all(layers[1:] > layers[:-1]) else array.sortby("layer")
 
 
 def rollout(mixed: np.ndarray) -> np.ndarray:
@@ -75,6 +84,6 @@ class Rollout(Aggregation):
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         mixed = mixed_attention(array, self.residual, self.head_fusion)
         rolled = rollout(mixed).astype(np.float32)
-        template = array.sortby("layer").isel(head=0, drop=True).transpose(..., "layer", "query", "key")
+        template = by_layer(array).isel(head=0, drop=True).transpose(..., "layer", "query", "key")
         result = xr.DataArray(rolled, dims=template.dims, coords=template.coords)
         return result if self.cumulative else result.isel(layer=-1, drop=True)

@@ -60,7 +60,7 @@ class DropSpecial(Aggregation):
             for dim in TOKEN_DIMS
             if dim in array.dims
         }
-        result = as_float(array).isel(keep)
+        result = as_float(array.isel(keep))
         if self.renormalise and "key" in result.dims:
             total = result.sum("key")
             result = result / xr.where(total > 0, total, 1.0)

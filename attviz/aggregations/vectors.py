@@ -38,7 +38,8 @@ class AttentionReceived(Aggregation):
         return replace_dims(input_dims, drop=("query",), rename={"key": "token"})
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
-        return to_token(as_float(array).mean("query"), "key")
+        # accumulate in float32 without an upcast copy of the whole array
+        return to_token(array.mean("query", dtype=np.float32, skipna=False), "key")
 
 
 class AttentionFrom(Aggregation):
@@ -64,7 +65,7 @@ class AttentionFrom(Aggregation):
         n = array.sizes["query"]
         if not -n <= self.query < n:
             raise IndexError(f"query {self.query} is out of range for {n} query tokens")
-        row = as_float(array).isel(query=self.query)
+        row = as_float(array.isel(query=self.query))
         return to_token(row.drop_vars([c for c in row.coords if c.startswith("query")]), "key")
 
 
@@ -91,5 +92,5 @@ class Diagonal(Aggregation):
                 f"{array.sizes['key']} keys): is this cross-attention?"
             )
         index = xr.DataArray(np.arange(n), dims="query")
-        diagonal = as_float(array).isel(key=index)  # pointwise: key i for query i
-        return to_token(diagonal, "query")
+        diagonal = array.isel(key=index)  # pointwise: key i for query i
+        return to_token(as_float(diagonal), "query")

@@ -22,7 +22,7 @@ import pandas as pd
 import param
 import xarray as xr
 
-from attviz.aggregations.base import Aggregation, DimsError, as_float, fmt_dims
+from attviz.aggregations.base import Aggregation, DimsError, fmt_dims
 from attviz.aggregations.reductions import CLARK
 from attviz.corpus import token_coords, tokens_of
 
@@ -64,13 +64,18 @@ def merge_dim(array: xr.DataArray, dim: str, how: str) -> xr.DataArray:
     """Merge the pieces along one token dim by ``how`` (``"sum"`` or ``"mean"``)."""
     tokens = tokens_of(array, dim)
     units = word_units(tokens["word"].to_numpy(), tokens["special"].to_numpy())
-    n_units = int(units[-1]) + 1 if len(units) else 0
-    weights = np.zeros((len(units), n_units), dtype=array.dtype)
-    weights[np.arange(len(units)), units] = 1
-    if how == "mean":
-        weights /= weights.sum(0, keepdims=True)
-    grouping = xr.DataArray(weights, dims=(dim, "_unit"))
-    merged = xr.dot(array.drop_vars([c for c in array.coords if c.startswith(dim)]), grouping, dim=dim)
+    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    counts = np.diff(np.r_[starts, len(units)]).astype(np.float32)
+
+    def kernel(a: np.ndarray) -> np.ndarray:  # segment sums over the last axis
+        merged = np.add.reduceat(np.asarray(a, dtype=np.float32), starts, axis=-1)
+        return merged / counts if how == "mean" else merged
+
+    merged = xr.apply_ufunc(
+        kernel, array.drop_vars([c for c in array.coords if c.startswith(dim)]),
+        input_core_dims=[[dim]], output_core_dims=[["_unit"]], dask="parallelized",
+        output_dtypes=[np.float32], dask_gufunc_kwargs={"output_sizes": {"_unit": len(starts)}},
+    )
     merged = merged.rename({"_unit": dim}).transpose(*array.dims)
     return merged.assign_coords(token_coords(merged_tokens(tokens, units), dim))
 
@@ -96,7 +101,7 @@ class MergeWords(Aggregation):
             raise DimsError(f"aggregation {self.id!r} needs dims {needs} but got {fmt_dims(dims)}", needs)
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
-        result = as_float(array)
+        result = array
         for dim, how in (("key", "sum"), ("query", "mean"), ("token", self.token_reduce)):
             if dim in result.dims:
                 if f"{dim}_word" not in result.coords:

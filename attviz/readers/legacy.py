@@ -169,8 +169,8 @@ class _Parser:
             result = float(value)
         expected = _NUMBER if allow_nan else "a finite number"
         if result is None:
-            shown = repr(value) if isinstance(value, str) else _kind(value)
-            raise self.error(f"value {shown} is not a number", at, expected)
+            what = f"{value!r} is" if isinstance(value, str) else f"is {_kind(value)},"
+            raise self.error(f"value {what} not a number", at, expected)
         if math.isinf(result) or (math.isnan(result) and not allow_nan):
             raise self.error(f"value {value!r} is not finite", at, expected)
         return result

@@ -1,0 +1,272 @@
+"""netCDF export and reader: a whole corpus in one netCDF4 (HDF5) file, written with h5netcdf.
+
+Layout::
+
+    FILE.nc                  root: the corpus table along ``doc`` (and ``class``), every token of
+                             every document along ``row`` (``token_text``, ``token_word``, ...,
+                             located by ``token_offset``/``token_count`` per ``(doc, stream)``);
+                             attrs ``attviz`` (corpus attrs as a JSON string), ``attviz_format``
+      docs/d000000/self      one group per document and kind, holding that kind's DataArray
+      docs/d000000/vectors   with all its coords (``query_text``, ``key_start``, ...)
+
+Matrices keep their dtype (float16 stays float16). netCDF has no booleans, so boolean coords are
+stored as int8 0/1 with the attribute ``attviz_dtype = "bool"`` and restored on read. Attributes
+are netCDF-safe: strings and numbers only (anything else is stored as a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import h5netcdf
+import numpy as np
+import xarray as xr
+from xarray.backends import H5NetCDFStore
+
+from attviz.corpus import (
+    KIND_STREAMS,
+    TOKEN_FIELDS,
+    Corpus,
+    Document,
+    attention_array,
+    table_from_rows,
+    table_row,
+    token_frame,
+    vector_array,
+)
+from attviz.errors import InputError
+from attviz.readers.base import Reader
+from attviz.store import group_name
+
+FORMAT = "attviz-netcdf"
+FORMAT_VERSION = 1
+_EXPECTED = "a netCDF file written by attviz (Corpus.to_netcdf)"
+
+
+def _safe_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """netCDF-safe attributes: strings and numbers; bools as 0/1; others as JSON; no None."""
+    safe: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, bool | np.bool_):
+            value = int(value)
+        elif not isinstance(value, str | int | float | np.number):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        safe[str(key)] = value
+    return safe
+
+
+def _encode(array: xr.DataArray, kind: str) -> xr.Dataset:
+    """A document's DataArray as a netCDF-ready Dataset (loaded, booleans as int8)."""
+    coords = {}
+    for name, coord in array.coords.items():
+        values = np.asarray(coord.values)
+        attrs = dict(coord.attrs)
+        if values.dtype == bool:
+            values, attrs["attviz_dtype"] = values.astype(np.int8), "bool"
+        elif values.dtype.kind in "OU":
+            values = np.array([str(v) for v in values.ravel()], dtype=object).reshape(values.shape)
+        coords[name] = (coord.dims, values, _safe_attrs(attrs))
+    data = xr.DataArray(np.asarray(array.values), dims=array.dims, coords=coords)
+    data.attrs = _safe_attrs(dict(array.attrs))
+    attrs = {"attviz_kind": kind, "attviz_name": str(array.name or kind)}
+    return data.to_dataset(name=kind).assign_attrs(attrs)
+
+
+def _token_tables(doc: Document) -> dict[str, Any]:
+    streams = set()
+    for kind in doc.kinds:
+        streams.update(("source",) if kind == "vectors" else KIND_STREAMS.get(kind, ()))
+    return {stream: doc.token_table(stream) for stream in streams}
+
+
+def _root_dataset(corpus: Corpus, rows: list, extra: dict[str, list], tokens: list) -> xr.Dataset:
+    table = table_from_rows(rows, corpus.label_names)
+    for name, values in extra.items():
+        table[name] = ("doc", np.array(values, dtype=object))
+    streams = sorted({s for doc in tokens for s in doc}, key=lambda s: (s != "source", s))
+    offsets = np.zeros((len(tokens), len(streams)), dtype=np.int64)
+    counts = np.zeros_like(offsets)
+    columns: dict[str, list] = {f: [] for f in TOKEN_FIELDS}
+    for i, per_stream in enumerate(tokens):
+        for j, stream in enumerate(streams):
+            frame = per_stream.get(stream)
+            offsets[i, j] = len(columns["text"])
+            counts[i, j] = 0 if frame is None else len(frame)
+            for f in TOKEN_FIELDS:
+                columns[f].extend([] if frame is None else frame[f].tolist())
+    table["token_offset"] = (("doc", "stream"), offsets)
+    table["token_count"] = (("doc", "stream"), counts)
+    table = table.assign_coords(stream=np.array(streams, dtype=object))
+    dtypes = {
+        "text": object,
+        "word": np.int32,
+        "start": np.int32,
+        "end": np.int32,
+        "special": np.int8,
+    }
+    for f, dtype in dtypes.items():
+        attrs = {"attviz_dtype": "bool"} if f == "special" else {}
+        table[f"token_{f}"] = ("row", np.array(columns[f], dtype=dtype), attrs)
+    table.attrs = {
+        "attviz": json.dumps(corpus.attrs, ensure_ascii=False, default=str),
+        "attviz_format": FORMAT,
+        "attviz_format_version": FORMAT_VERSION,
+        "documents": len(rows),
+    }
+    return table
+
+
+def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
+    """Write ``corpus`` to one netCDF4 file (atomically: a temporary file, then a rename)."""
+    path = Path(path)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5netcdf.File(temp, "w") as root:
+            rows, tokens = [], []
+            extra: dict[str, list] = {"group": [], "kinds": [], "meta": []}
+            for index, doc in enumerate(corpus):
+                name = group_name(index)
+                group = root.create_group(f"docs/{name}")
+                for kind in doc.kinds:
+                    _encode(doc.get(kind), kind).dump_to_store(
+                        H5NetCDFStore(group.create_group(kind))
+                    )
+                rows.append(table_row(doc))
+                tokens.append(_token_tables(doc))
+                extra["group"].append(name)
+                extra["kinds"].append(",".join(doc.kinds))
+                extra["meta"].append(json.dumps(doc.meta, ensure_ascii=False, default=str))
+            _root_dataset(corpus, rows, extra, tokens).dump_to_store(H5NetCDFStore(root))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _frame(array: xr.DataArray, dim: str):
+    text = [str(v) for v in array.coords[f"{dim}_text"].values]
+    return token_frame(
+        text,
+        *(np.asarray(array.coords[f"{dim}_{f}"].values) for f in ("word", "start", "end")),
+        np.asarray(array.coords[f"{dim}_special"].values).astype(bool),
+    )
+
+
+def _decode(dataset: xr.Dataset, kind: str) -> xr.DataArray:
+    """Rebuild a document's DataArray (canonical coords, booleans restored) from its group."""
+    array = dataset[kind]
+    values = np.asarray(array.values)
+    if kind == "vectors":
+        names = [str(v) for v in array["vector"].values]
+        result = vector_array(values, _frame(array, "token"), names)
+    else:
+        result = attention_array(
+            values,
+            _frame(array, "query"),
+            _frame(array, "key"),
+            layers=[int(v) for v in array["layer"].values],
+            heads=[int(v) for v in array["head"].values],
+        )
+    result.name = dataset.attrs.get("attviz_name", kind)
+    result.attrs.update(array.attrs)
+    return result
+
+
+class _NetCDFLoader:
+    def __init__(self, path: Path, table: xr.Dataset, meta: list[str]):
+        self.path, self.table, self.meta = path, table, meta
+
+    def __call__(self, i: int) -> Document:
+        ds = self.table
+        row = {name: ds[name].values[i] for name in ds.data_vars if ds[name].dims == ("doc",)}
+        group = str(row["group"])
+        arrays = {kind: self._lazy(group, kind) for kind in str(row["kinds"]).split(",") if kind}
+        probabilities = None
+        if ds.sizes.get("class", 0):
+            probs = ds["probability"].values[i]
+            if not np.isnan(probs).all():
+                classes = [str(c) for c in ds["class"].values]
+                probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+        return Document(
+            id=str(row["doc_id"]),
+            text=str(row["text"]),
+            arrays=arrays,
+            label=str(row["label"]) or None,
+            prediction=str(row["prediction"]) or None,
+            probabilities=probabilities,
+            target=str(row["target"]) or None,
+            source_id=str(row["source_id"]) or None,
+            source_start=int(row["source_start"]),
+            meta=json.loads(self.meta[i]) if self.meta[i] else {},
+        )
+
+    def _lazy(self, group: str, kind: str):
+        def load() -> xr.DataArray:
+            where = f"docs/{group}/{kind}"
+            with xr.open_dataset(self.path, group=where, engine="h5netcdf") as dataset:
+                return _decode(dataset.load(), kind)
+
+        return load
+
+
+def open_netcdf(path: str | os.PathLike) -> Corpus:
+    """Open a file written by :func:`write_netcdf`; documents load one group at a time."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", file=path, expected=_EXPECTED)
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as dataset:
+            table = dataset.load()
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"not a netCDF4/HDF5 file ({reason})", file=path, expected=_EXPECTED
+        ) from exc
+    if table.attrs.get("attviz_format") != FORMAT:
+        raise InputError(
+            "not an attviz netCDF file (no attviz_format attribute)", file=path, expected=_EXPECTED
+        )
+    version = int(table.attrs.get("attviz_format_version", 0))
+    if version > FORMAT_VERSION:
+        raise InputError(
+            f"written by a newer attviz (format {version}); upgrade attviz",
+            file=path,
+            expected=_EXPECTED,
+        )
+    missing = {"doc_id", "group", "kinds", "probability"} - set(table.data_vars)
+    if missing:
+        raise InputError(f"the table lacks {sorted(missing)}", file=path, expected=_EXPECTED)
+    try:
+        attrs = json.loads(table.attrs.get("attviz", "{}"))
+    except ValueError as exc:
+        raise InputError("attribute 'attviz' is not JSON", file=path, field="attviz") from exc
+    meta = [str(v) for v in table["meta"].values] if "meta" in table else [""] * table.sizes["doc"]
+    tokens = [name for name in table.data_vars if str(name).startswith("token_")]
+    table = table.drop_vars([*tokens, "meta"], errors="ignore")
+    for name in table.variables:
+        if name in ("class", "stream") or table[name].dtype.kind in "OUS":
+            table[name] = table[name].astype(str).astype(object)
+    table.attrs = {}
+    return Corpus(loader=_NetCDFLoader(path, table, meta), attrs=attrs, table=table, path=path)
+
+
+class NetCDFReader(Reader):
+    """A corpus written to one netCDF4 file by :meth:`attviz.Corpus.to_netcdf`."""
+
+    description: ClassVar[str] = "attviz netCDF4 file (one group per document, written by h5netcdf)"
+    extensions: ClassVar[tuple[str, ...]] = (".nc", ".nc4", ".h5")
+
+    def read(self, source: Any, **kwargs: Any) -> Corpus:
+        if not isinstance(source, str | os.PathLike):
+            raise InputError(
+                f"cannot read a {type(source).__name__}", expected="a path to a .nc file"
+            )
+        return open_netcdf(source)

@@ -1,0 +1,133 @@
+"""The attviz command line, run in-process and once as the installed script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from attviz.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, tiny_bert):
+    model, tok = tiny_bert
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_extract_txt_and_info_json(tmp_path, tiny_model_dir, bert_tokenizer, capsys):
+    lines = [f"Line {i}: the {'quick ' * (i % 5)}brown fox number {i} jumps." for i in range(100)]
+    source = tmp_path / "in.txt"
+    source.write_text("\n".join(lines[:50]) + "\n\n" + "\n".join(lines[50:]) + "\n", encoding="utf-8")
+    code, _, err = _run(
+        capsys, "extract", source, "-o", tmp_path / "out.zarr", "--model", tiny_model_dir, "--quiet", "--device", "cpu"
+    )
+    assert code == 0, err
+    code, out, _ = _run(capsys, "info", tmp_path / "out.zarr", "--json")
+    info = json.loads(out)
+    assert info["documents"] == 100  # the blank line is not a document
+    assert (info["layers"], info["heads"], info["model"]) == (2, 3, "tiny-bert")
+    assert info["tokens"] == sum(len(bert_tokenizer(line)["input_ids"]) for line in lines)
+    assert info["kinds"] == ["self"] and info["accuracy"] is None
+    code, out, _ = _run(capsys, "info", tmp_path / "out.zarr")
+    assert "documents   100" in out and "2 layers x 3 heads" in out
+
+
+def test_extract_csv_with_labels_and_ids(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.csv"
+    source.write_text('id,body,topic\na1,"First, with a comma",x\nb2,Second text,y\n', encoding="utf-8")
+    code, _, err = _run(
+        capsys,
+        "extract",
+        source,
+        "-o",
+        tmp_path / "o.zarr",
+        "--model",
+        tiny_model_dir,
+        "--text-column",
+        "body",
+        "--label-column",
+        "topic",
+        "--quiet",
+        "--device",
+        "cpu",
+    )
+    assert code == 0, err
+    from attviz import Corpus
+
+    corpus = Corpus.open(tmp_path / "o.zarr")
+    assert corpus.ids == ["a1", "b2"] and corpus["a1"].text == "First, with a comma"
+    assert corpus.table["label"].tolist() == ["x", "y"]
+
+
+def test_jsonl_input(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "n1", "text": "hello there", "label": "greet"}\n\n{"id": "n2", "text": "bye"}\n')
+    code, _, err = _run(
+        capsys, "extract", source, "-o", tmp_path / "o.zarr", "--model", tiny_model_dir, "--quiet", "--device", "cpu"
+    )
+    assert code == 0, err
+    code, out, _ = _run(capsys, "info", tmp_path / "o.zarr", "--json")
+    assert json.loads(out)["gold_labels"] == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "extra", "message"),
+    [
+        ("a,b\n1,2\n", ".csv", [], "in.csv: no column 'text' (expected one of ['a', 'b'] (use --text-column))"),
+        ("text\nfine\n", ".csv", ["--label-column", "topic"], "in.csv: no column 'topic'"),
+        ('{"text": "ok"}\n{"text": \n', ".jsonl", [], "in.jsonl: line 2: invalid JSON"),
+        ('{"text": ""}\n', ".jsonl", [], "in.jsonl: line 1, column 'text': empty or missing text"),
+        ("hello", ".docx", [], "in.docx: unknown input type '.docx'"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, tiny_model_dir, capsys, content, suffix, extra, message):
+    source = tmp_path / f"in{suffix}"
+    source.write_text(content)
+    code, _out, err = _run(
+        capsys, "extract", source, "-o", tmp_path / "o.zarr", "--model", tiny_model_dir, "--quiet", *extra
+    )
+    assert code == 1
+    assert message in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("attviz extract: error: ")
+
+
+def test_existing_output_is_refused(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("one\ntwo\n")
+    args = ["extract", source, "-o", tmp_path / "o.zarr", "--model", tiny_model_dir, "--quiet", "--device", "cpu"]
+    assert _run(capsys, *args)[0] == 0
+    code, _, err = _run(capsys, *args)
+    assert code == 1 and "already exists; pass overwrite=True (--overwrite)" in err
+    assert _run(capsys, *args, "--overwrite")[0] == 0
+
+
+def test_info_on_missing_store(tmp_path, capsys):
+    code, _, err = _run(capsys, "info", tmp_path / "nothing.zarr")
+    assert code == 1 and "no such file or directory" in err
+
+
+def test_installed_script_help_for_every_command():
+    for command in ("extract", "info", "convert", "plugins", "demo", "serve"):
+        result = subprocess.run(
+            [sys.executable, "-m", "attviz.cli", command, "--help"], capture_output=True, text=True, check=True
+        )
+        assert f"usage: attviz {command}" in result.stdout
+
+
+def test_plugins_json_lists_builtin_readers(capsys):
+    _code, out, _ = _run(capsys, "plugins", "--json")
+    rows = json.loads(out)
+    readers = {r["name"]: r for r in rows if r["group"] == "attviz.readers"}
+    assert readers["zarr"]["status"] == "ok" and readers["zarr"]["distribution"] == "attviz"
