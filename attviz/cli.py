@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=64, help="overlap of windows in tokens (default 64)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
     p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
+    p.add_argument(
+        "--compression",
+        default="zstd",
+        choices=["zstd", "none"],
+        help="lossless compression of the float16 chunks (default zstd)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store / unfinished job")
     p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
@@ -134,6 +140,7 @@ def _extract(args: argparse.Namespace) -> int:
         stride=args.stride,
         store=args.output,
         overwrite=args.overwrite,
+        compression=args.compression,
         progress=not args.quiet,
         force=args.force,
     )

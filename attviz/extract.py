@@ -7,7 +7,6 @@ the store from a background thread while the next batch computes, and resumes an
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -15,16 +14,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table, token_frame
+from attviz.corpus import Corpus
 from attviz.errors import AttvizError, InputError
 from attviz.models import (
     LoadedModel,
@@ -35,32 +31,15 @@ from attviz.models import (
     prepare_model,
     softmax_probabilities,
 )
-from attviz.store import StoreWriter, partial_path
+from attviz.sinks import MemorySink, Sink, StoreSink
+from attviz.store import partial_path
+from attviz.tokenization import Unit, add_targets, make_batches, pad_batch, tokenize
 
 LONG_TEXT_MODES = ("truncate", "window")
 
 
 class ExtractionInterrupted(AttvizError):
     """Extraction stopped early; the finished documents are kept and a rerun resumes."""
-
-
-@dataclass
-class Unit:
-    """One document to run: a text, or one window of a long text."""
-
-    index: int
-    id: str
-    text: str
-    source_id: str
-    source_start: int
-    label: str | None
-    input_ids: list[int]
-    tokens: pd.DataFrame
-    truncated: bool = False
-    target: str | None = None
-    target_ids: list[int] | None = None
-    target_tokens: pd.DataFrame | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def extract(
@@ -85,6 +64,7 @@ def extract(
     callback: Callable[[int, int], None] | None = None,
     force: bool = False,
     max_new_tokens: int = 32,
+    compression: str = "zstd",
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -107,6 +87,8 @@ def extract(
         Write a zarr store here (atomically; resumable). Without it the corpus stays in memory.
     callback
         Called as ``callback(done, total)`` after every batch (progress in apps).
+    compression
+        ``"zstd"`` (level 1, lossless) or ``"none"`` for the stored float16 chunks.
     force
         Write even when the estimated store size exceeds the free disk space.
     """
@@ -124,7 +106,7 @@ def extract(
 
     units = tokenize(loaded, texts, ids, labels, max_length=max_length, long_texts=long_texts, stride=stride)
     if loaded.encoder_decoder:
-        _add_targets(loaded, units, targets, max_length, batch_size, max_new_tokens)
+        add_targets(loaded, units, targets, max_length, batch_size, max_new_tokens)
     settings = {
         "max_length": max_length,
         "long_texts": long_texts,
@@ -146,8 +128,10 @@ def extract(
     if store is not None:
         _check_disk(store, estimate, force)
 
-    sink: _Sink = (
-        _StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume) if store else _MemorySink()
+    sink: Sink = (
+        StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume, compression)
+        if store
+        else MemorySink()
     )
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
@@ -252,134 +236,7 @@ def _predictor(descriptions: Any, loaded: LoadedModel) -> ZeroShotClassifier | N
     return ZeroShotClassifier(descriptions)
 
 
-def tokenize(
-    loaded: LoadedModel,
-    texts: Sequence[str],
-    ids: Sequence[str],
-    labels: Sequence[str | None] | None,
-    *,
-    max_length: int,
-    long_texts: str = "truncate",
-    stride: int = 64,
-) -> list[Unit]:
-    """Tokenise texts into units (one per text, or one per window), with offsets and word ids."""
-    window = long_texts == "window"
-    if window and stride >= max_length - 4:
-        raise AttvizError(f"stride {stride} must be well below max_length {max_length}")
-    enc = loaded.tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_length,
-        stride=stride if window else 0,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    rows_of: dict[int, list[int]] = {}
-    for row, sample in enumerate(enc["overflow_to_sample_mapping"]):
-        rows_of.setdefault(int(sample), []).append(row)
-    units: list[Unit] = []
-    for i, text in enumerate(texts):
-        rows = rows_of.get(i, [])
-        if not rows or not enc["input_ids"][rows[0]]:
-            raise InputError(f"text {i} produced no tokens", field=f"texts[{i}]", expected="tokenisable text")
-        use = rows if window else rows[:1]
-        for k, row in enumerate(use):
-            tokens = _token_table(loaded, enc, row)
-            start = 0
-            if window and len(rows) > 1:
-                real = tokens[~tokens["special"]]
-                start = int(real["start"].min()) if len(real) else 0
-                end = int(real["end"].max()) if len(real) else 0
-                tokens.loc[~tokens["special"], ["start", "end"]] -= start
-                words = tokens.loc[~tokens["special"], "word"]
-                tokens.loc[~tokens["special"], "word"] = words - (words.min() if len(words) else 0)
-            multi = window and len(rows) > 1
-            units.append(
-                Unit(
-                    index=len(units),
-                    id=f"{ids[i]}#w{k}" if multi else ids[i],
-                    text=text[start:end] if multi else text,
-                    source_id=ids[i],
-                    source_start=start,
-                    label=labels[i] if labels else None,
-                    input_ids=list(enc["input_ids"][row]),
-                    tokens=tokens,
-                    truncated=not window and len(rows) > 1,
-                )
-            )
-    return units
-
-
-def _token_table(loaded: LoadedModel, enc: Any, row: int) -> pd.DataFrame:
-    ids = enc["input_ids"][row]
-    special = np.asarray(enc["special_tokens_mask"][row], dtype=bool)
-    offsets = np.asarray(enc["offset_mapping"][row], dtype=np.int64).reshape(-1, 2)
-    words = np.array([-1 if w is None else w for w in enc.word_ids(row)], dtype=np.int64)
-    words[special] = -1
-    offsets[special] = 0
-    return token_frame(loaded.tokenizer.convert_ids_to_tokens(ids), words, offsets[:, 0], offsets[:, 1], special)
-
-
-def _add_targets(
-    loaded: LoadedModel,
-    units: list[Unit],
-    targets: Sequence[str | None] | None,
-    max_length: int,
-    batch_size: int,
-    max_new_tokens: int,
-) -> None:
-    """Decoder inputs: given targets, or the model's own greedy generation, teacher-forced."""
-    texts: list[str | None] = [targets[u.index] if targets else None for u in units]
-    missing = [u for u, t in zip(units, texts, strict=True) if t is None]
-    for batch in make_batches(missing, batch_size):
-        input_ids, mask = _pad([u.input_ids for u in batch], loaded.tokenizer.pad_token_id, loaded.device)
-        with torch.inference_mode():
-            generated = loaded.model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False
-            )
-        for unit, sequence in zip(batch, generated, strict=True):
-            texts[unit.index] = loaded.tokenizer.decode(sequence, skip_special_tokens=True).strip() or "."
-    start_id = loaded.config.decoder_start_token_id
-    if start_id is None:
-        start_id = (
-            loaded.config.bos_token_id if loaded.config.bos_token_id is not None else loaded.tokenizer.pad_token_id
-        )
-    enc = loaded.tokenizer(
-        text_target=[t or "." for t in texts],
-        truncation=True,
-        max_length=max_length - 1,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    start_token = loaded.tokenizer.convert_ids_to_tokens([start_id])[0]
-    for row, unit in enumerate(units):
-        table = _token_table(loaded, enc, row)
-        first = token_frame([start_token], [-1], [0], [0], [True])
-        unit.target = texts[row]
-        unit.target_ids = [start_id, *enc["input_ids"][row]]
-        unit.target_tokens = pd.concat([first, table], ignore_index=True).rename_axis("position")
-
-
-def make_batches(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
-    """Group units of similar length (longest first) so batches carry little padding."""
-    if batch_size < 1:
-        raise AttvizError("batch_size must be at least 1")
-    ordered = sorted(units, key=lambda u: (-len(u.input_ids), u.index))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
-
-
 # -- running ---------------------------------------------------------------------------------------
-def _pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device):
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _stack(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
     """(layers of (B, H, Q, K)) -> float16 (B, L, H, Q, K) on the host."""
     return torch.stack([a.to(torch.float16) for a in attentions], dim=1).cpu()
@@ -388,10 +245,10 @@ def _stack(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
 def run_batch(loaded: LoadedModel, batch: Sequence[Unit], predictor: ZeroShotClassifier | None = None):
     """Forward one batch; return ``(unit, {kind: float16 array}, probabilities or None)`` per unit."""
     pad_id = loaded.tokenizer.pad_token_id
-    input_ids, mask = _pad([u.input_ids for u in batch], pad_id, loaded.device)
+    input_ids, mask = pad_batch([u.input_ids for u in batch], pad_id, loaded.device)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
     if loaded.encoder_decoder:
-        dec_ids, dec_mask = _pad([u.target_ids for u in batch], pad_id, loaded.device)
+        dec_ids, dec_mask = pad_batch([u.target_ids for u in batch], pad_id, loaded.device)
         kwargs.update(decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask)
     with torch.inference_mode():
         out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
@@ -428,127 +285,6 @@ def _is_causal(arrays: dict[str, np.ndarray]) -> bool:
     if values is None or values.shape[-1] < 2:
         return False
     return not np.triu(values.astype(np.float32), k=1).any()
-
-
-# -- sinks -------------------------------------------------------------------------------------------
-def _row(unit: Unit, probabilities: np.ndarray | None, label_names: Sequence[str]) -> dict[str, Any]:
-    probs = {} if probabilities is None else {n: float(p) for n, p in zip(label_names, probabilities, strict=True)}
-    return {
-        "doc_id": unit.id,
-        "text": unit.text,
-        "n_tokens": len(unit.input_ids),
-        "label": unit.label or "",
-        "prediction": max(probs, key=probs.__getitem__) if probs else "",
-        "probabilities": probs,
-        "target": unit.target or "",
-        "source_id": unit.source_id,
-        "source_start": unit.source_start,
-        "split": "",
-    }
-
-
-def _unit_tokens(unit: Unit) -> dict[str, pd.DataFrame]:
-    tokens = {"source": unit.tokens}
-    if unit.target_tokens is not None:
-        tokens["target"] = unit.target_tokens
-    return tokens
-
-
-class _Sink:
-    done: set[int]
-    label_names: Sequence[str] = ()
-
-    def write_batch(self, results: list) -> None: ...
-    def drain(self) -> None: ...
-    def abort(self) -> None: ...
-    def finish(self, attrs: dict[str, Any], units: Sequence[Unit], label_names: Sequence[str]) -> Corpus: ...
-
-
-class _MemorySink(_Sink):
-    def __init__(self) -> None:
-        self.done = set()
-        self.results: dict[int, tuple] = {}
-
-    def write_batch(self, results: list) -> None:
-        for unit, arrays, probs in results:
-            self.results[unit.index] = (unit, arrays, probs)
-            self.done.add(unit.index)
-
-    def finish(self, attrs, units, label_names) -> Corpus:
-        documents = []
-        for index in sorted(self.results):
-            unit, arrays, probs = self.results[index]
-            row = _row(unit, probs, label_names)
-            tokens = _unit_tokens(unit)
-            data = {}
-            for kind, values in arrays.items():
-                q, k = KIND_STREAMS[kind]
-                data[kind] = attention_array(values, tokens[q], tokens[k], name=kind if kind != "self" else "attention")
-            documents.append(
-                Document(
-                    id=unit.id,
-                    text=unit.text,
-                    arrays=data,
-                    label=unit.label,
-                    prediction=row["prediction"] or None,
-                    probabilities=row["probabilities"] or None,
-                    target=unit.target,
-                    source_id=unit.source_id,
-                    source_start=unit.source_start,
-                )
-            )
-        corpus = Corpus(documents, attrs=attrs)
-        corpus._table = build_table(documents, label_names)
-        return corpus
-
-
-class _StoreSink(_Sink):
-    """Writes finished documents from one background thread, overlapping the next forward pass."""
-
-    def __init__(self, store: str | os.PathLike, fingerprint: str, overwrite: bool, resume: bool):
-        self.store = Path(store)
-        self.writer = StoreWriter(store, fingerprint=fingerprint, overwrite=overwrite, resume=resume)
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attviz-writer")
-        self.pending: list[Future] = []
-        self.label_names: Sequence[str] = ()
-
-    @property
-    def done(self) -> set[int]:
-        return self.writer.done
-
-    def _write(self, results: list) -> None:
-        for unit, arrays, probs in results:
-            self.writer.write(
-                unit.index,
-                _row(unit, probs, self.label_names),
-                _unit_tokens(unit),
-                arrays,
-                {kind: {} for kind in arrays},
-            )
-        self.writer.flush()
-
-    def write_batch(self, results: list) -> None:
-        while len(self.pending) >= 2:  # bound the memory held by queued batches
-            self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self._write, results))
-
-    def drain(self) -> None:
-        for future in self.pending:
-            future.result()
-        self.pending.clear()
-
-    def abort(self) -> None:
-        for future in self.pending:
-            with contextlib.suppress(Exception):  # the error being raised already is the one to report
-                future.result()
-        self.pending.clear()
-        self.pool.shutdown(wait=True)
-        self.writer.close()
-
-    def finish(self, attrs, units, label_names) -> Corpus:
-        self.pool.shutdown(wait=True)
-        self.writer.finalize(attrs, label_names)
-        return Corpus.open(self.store)
 
 
 # -- bookkeeping ---------------------------------------------------------------------------------------

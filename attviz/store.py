@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr.codecs import ZstdCodec
 
 from attviz.corpus import (
     KIND_STREAMS,
@@ -45,6 +46,7 @@ from attviz.errors import StoreError
 
 FORMAT_VERSION = 1
 PROGRESS = "progress.jsonl"
+COMPRESSION = ("zstd", "none")
 SETTINGS = "settings.json"
 
 # zarr 3 warns that consolidated metadata and variable-length strings are not yet in the v3 spec.
@@ -75,7 +77,11 @@ class StoreWriter:
         fingerprint: str = "",
         overwrite: bool = False,
         resume: bool = True,
+        compression: str = "zstd",
     ):
+        if compression not in COMPRESSION:
+            raise StoreError(f"compression must be one of {COMPRESSION}, not {compression!r}")
+        self.compressors = [ZstdCodec(level=1)] if compression == "zstd" else []
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if self.path.exists() and not overwrite:
@@ -128,6 +134,7 @@ class StoreWriter:
                 chunks=tuple(max(1, c) for c in chunks),
                 dimension_names=dims,
                 attributes=dict((array_attrs or {}).get(kind, {})),
+                compressors=self.compressors,
                 overwrite=True,
             )
             array[...] = values.astype(dtype, copy=False)

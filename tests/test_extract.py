@@ -251,7 +251,8 @@ def test_model_without_attention_weights_is_a_clear_error(bert_tokenizer):
         attn_implementation="sdpa",
     )
     model = BertModel(config).eval()
-    from attviz.extract import make_batches, run_batch, tokenize
+    from attviz.extract import run_batch
+    from attviz.tokenization import make_batches, tokenize
 
     loaded = LoadedModel(model, bert_tokenizer, "sdpa-bert", encoder_decoder=False)
     units = tokenize(loaded, ["hello world"], ["a"], None, max_length=32)

@@ -30,9 +30,7 @@ def available() -> dict[str, str]:
     """``{entry-point name: description}`` of every working aggregation plugin."""
     from attviz import registry
 
-    return {
-        name: cls.description for name, cls in sorted(registry.plugins("aggregations").items())
-    }
+    return {name: cls.description for name, cls in sorted(registry.plugins("aggregations").items())}
 
 
 __all__ = [

@@ -142,8 +142,8 @@ class Pipeline(Aggregation):
 
     A step needs its dims to be a subset of the dims the previous step outputs. ``dims`` is the
     input the pipeline is checked against when built: by default the attention dims
-    ``(layer, head, query, key)``, or the first step's needs when they are not among those
-    (legacy vectors). Calling the pipeline checks the flow again for the real array's dims.
+    ``(layer, head, query, key)``, or ``(vector, token)`` when a step needs ``vector`` (legacy
+    AttViz data). Calling the pipeline checks the flow again for the real array's dims.
     """
 
     description = "Several aggregations applied in order"
@@ -159,10 +159,12 @@ class Pipeline(Aggregation):
         return "pipeline"
 
     def start_dims(self) -> tuple[str, ...]:
+        """The input dims checked at construction: ``dims``, else legacy vectors when a step
+        needs ``vector`` (no aggregation makes that dim), else the attention dims."""
         if self.dims is not None:
             return tuple(self.dims)
-        first = self.steps[0].needs() if self.steps else ()
-        return ATTENTION_DIMS if set(first) <= set(ATTENTION_DIMS) else tuple(first)
+        needed = {d for step in self.steps for d in step.needs()}
+        return VECTOR_DIMS if "vector" in needed else ATTENTION_DIMS
 
     @param.depends("steps", "dims", watch=True)
     def _revalidate(self) -> None:

@@ -28,7 +28,10 @@ def entropy_kernel(a: np.ndarray) -> np.ndarray:
 def row_entropy(array: xr.DataArray, normalised: bool = False, causal: bool = False) -> xr.DataArray:
     """Entropy over ``key`` of each row of ``array``, optionally divided by its maximum."""
     h = xr.apply_ufunc(
-        entropy_kernel, array, input_core_dims=[["key"]], dask="parallelized",
+        entropy_kernel,
+        array,
+        input_core_dims=[["key"]],
+        dask="parallelized",
         output_dtypes=[np.float32],
     )
     if normalised:

@@ -9,9 +9,11 @@ problem, solved with :func:`scipy.sparse.csgraph.maximum_flow` (Dinic) on one sh
 Precision: scipy needs integer capacities, so each capacity is rounded to a multiple of
 ``10**-precision`` (default 1e-6); a flow is then off by at most half that per edge of its minimum
 cut (≤ T · 0.5e-6 in all, in practice ~1e-6). Capacities that round to 0 are dropped.
-Cost: T max-flow problems on a graph of ~L·T² edges. Measured on this project's 2-core dev machine
-with a 6-layer model: 32 tokens 0.03 s, 64 tokens 0.2 s, 128 tokens 1.4 s, 256 tokens ~14 s, hence
-the default ``max_tokens=256`` (use rollout for longer documents).
+Cost: T max-flow problems on a graph of ~L·T² edges, about T^3.5 in all. Measured on the 2-core
+dev machine, 6 layers × 12 heads (``benchmarks/aggregations.py``): 32 tokens 0.03 s, 64 tokens
+0.06 s, 128 tokens 0.3 s, 192 tokens 0.8 s, 256 tokens 2.8 s, 384 tokens 8.5 s, 512 tokens 26 s.
+Interactive (< 1 s) up to ~200 tokens; the default ``max_tokens=256`` refuses longer documents
+(use rollout, or drop special tokens / merge words first, or raise ``max_tokens``).
 https://arxiv.org/abs/2005.00928
 """
 
@@ -51,9 +53,7 @@ def attention_flow(mixed: np.ndarray, query: int, precision: int = 6) -> np.ndar
     scale = 10**precision
     graph, sink = flow_graph(mixed, query, scale)
     n = mixed.shape[-1]
-    flows = np.fromiter(
-        (maximum_flow(graph, j, sink, method="dinic").flow_value for j in range(n)), float, n
-    )
+    flows = np.fromiter((maximum_flow(graph, j, sink, method="dinic").flow_value for j in range(n)), float, n)
     return flows / scale
 
 
@@ -71,7 +71,9 @@ class Flow(Aggregation):
     long_name = "attention flow"
 
     query = param.Integer(
-        default=0, softbounds=(-1, 127), step=1,
+        default=0,
+        softbounds=(-1, 127),
+        step=1,
         doc="Output token at the top layer; negative counts from the end (-1 is the last token).",
     )
     residual = param.Number(
@@ -81,11 +83,11 @@ class Flow(Aggregation):
     precision = param.Integer(
         default=6, bounds=(2, 8), doc="Capacities are rounded to 10**-precision (integer max-flow)."
     )
-    normalise = param.Boolean(
-        default=True, doc="Scale the flows to sum to 1 (as the authors' code does)."
-    )
+    normalise = param.Boolean(default=True, doc="Scale the flows to sum to 1 (as the authors' code does).")
     max_tokens = param.Integer(
-        default=256, bounds=(1, None), softbounds=(32, 512),
+        default=256,
+        bounds=(1, None),
+        softbounds=(32, 512),
         doc="Refuse longer documents (flow costs ~T³ per layer); rollout has no such limit.",
     )
 

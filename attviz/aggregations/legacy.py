@@ -115,8 +115,12 @@ class AttVizEntropy(AttVizAggregate):
     """AttViz's binned "Entropy" (the AttViz variant, not a distribution's entropy; see module)."""
 
     description = "AttViz's binned 'entropy' of the values over vectors (AttViz variant)"
-    statistic = "binned entropy (AttViz variant)"
+    statistic = "binned entropy"
     units = "nat"
+
+    @property
+    def long_name(self) -> str:  # type: ignore[override]
+        return "binned entropy (AttViz variant)"
 
     def reduce(self, array, dim):
         return xr.apply_ufunc(binned_entropy, array, input_core_dims=[[dim]], dask="allowed")

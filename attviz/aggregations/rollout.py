@@ -20,10 +20,7 @@ import xarray as xr
 
 from attviz.aggregations.base import Aggregation
 
-ABNAR = (
-    'Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", '
-    "https://arxiv.org/abs/2005.00928"
-)
+ABNAR = 'Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", https://arxiv.org/abs/2005.00928'
 FUSIONS = ("mean", "max", "min")
 
 
@@ -32,10 +29,9 @@ def mixed_attention(array: xr.DataArray, residual: float, fusion: str = "mean") 
     if array.sizes["query"] != array.sizes["key"]:
         raise ValueError("rollout and flow need self-attention (as many queries as keys)")
     array = by_layer(array).transpose(..., "layer", "head", "query", "key")
-    if fusion == "mean":  # accumulate in float32 without an upcast copy of the whole array
-        fused = array.mean("head", dtype=np.float32, skipna=False)
-    else:  # max/min are exact in the stored precision
-        fused = getattr(array, fusion)("head")
+    # mean: accumulate in float32 without an upcast copy; max/min are exact in float16
+    kwargs = {"dtype": np.float32, "skipna": False} if fusion == "mean" else {}
+    fused = getattr(array, fusion)("head", **kwargs)
     a = np.asarray(fused.data, dtype=np.float64)
     mixed = (1.0 - residual) * a
     idx = np.arange(a.shape[-1])

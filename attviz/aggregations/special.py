@@ -45,9 +45,7 @@ class DropSpecial(Aggregation):
     long_name = "attention weight without special tokens"
 
     renormalise = param.Boolean(default=True, doc="Rows sum to 1 again over the kept keys.")
-    extra_tokens = param.List(
-        default=[], item_type=str, doc="Token strings to treat as special too, e.g. ['[CLS]']."
-    )
+    extra_tokens = param.List(default=[], item_type=str, doc="Token strings to treat as special too, e.g. ['[CLS]'].")
 
     def check_dims(self, dims):
         if not any(d in dims for d in TOKEN_DIMS):
@@ -56,9 +54,7 @@ class DropSpecial(Aggregation):
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         keep = {
-            dim: np.flatnonzero(~special_mask(array, dim, self.extra_tokens))
-            for dim in TOKEN_DIMS
-            if dim in array.dims
+            dim: np.flatnonzero(~special_mask(array, dim, self.extra_tokens)) for dim in TOKEN_DIMS if dim in array.dims
         }
         result = as_float(array.isel(keep))
         if self.renormalise and "key" in result.dims:

@@ -54,7 +54,9 @@ class AttentionFrom(Aggregation):
     long_name = "attention from one query token"
 
     query = param.Integer(
-        default=0, softbounds=(-1, 127), step=1,
+        default=0,
+        softbounds=(-1, 127),
+        step=1,
         doc="Query position; negative counts from the end (-1 is the last token).",
     )
 

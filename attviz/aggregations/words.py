@@ -53,8 +53,11 @@ def merged_tokens(tokens: pd.DataFrame, units: np.ndarray) -> pd.DataFrame:
         }
     )
     merged = frame.groupby("unit", sort=True).agg(
-        text=("text", "".join), word=("word", "first"), start=("start", "min"),
-        end=("end", "max"), special=("special", "any"),
+        text=("text", "".join),
+        word=("word", "first"),
+        start=("start", "min"),
+        end=("end", "max"),
+        special=("special", "any"),
     )
     merged.index.name = "position"
     return merged.reset_index(drop=True)
@@ -72,9 +75,13 @@ def merge_dim(array: xr.DataArray, dim: str, how: str) -> xr.DataArray:
         return merged / counts if how == "mean" else merged
 
     merged = xr.apply_ufunc(
-        kernel, array.drop_vars([c for c in array.coords if c.startswith(dim)]),
-        input_core_dims=[[dim]], output_core_dims=[["_unit"]], dask="parallelized",
-        output_dtypes=[np.float32], dask_gufunc_kwargs={"output_sizes": {"_unit": len(starts)}},
+        kernel,
+        array.drop_vars([c for c in array.coords if c.startswith(dim)]),
+        input_core_dims=[[dim]],
+        output_core_dims=[["_unit"]],
+        dask="parallelized",
+        output_dtypes=[np.float32],
+        dask_gufunc_kwargs={"output_sizes": {"_unit": len(starts)}},
     )
     merged = merged.rename({"_unit": dim}).transpose(*array.dims)
     return merged.assign_coords(token_coords(merged_tokens(tokens, units), dim))

@@ -42,9 +42,7 @@ _FORMAT = "an AttViz JSON file: an array of {text, sets, output_activations} ins
 
 def is_special_token(token: str) -> bool:
     """Whether a token is a tokenizer's structural token ([CLS], </s>, <|endoftext|>, ...)."""
-    return token in SPECIAL_TOKENS or (
-        token.startswith("<|") and token.endswith("|>") and len(token) > 4
-    )
+    return token in SPECIAL_TOKENS or (token.startswith("<|") and token.endswith("|>") and len(token) > 4)
 
 
 def align_tokens(
@@ -198,9 +196,7 @@ class _Parser:
         if name is not None:
             meta["name"] = name = str(name)
         if "hilight" in raw:
-            meta["hilight"] = self.get(
-                raw, "hilight", where, "object", "an object {block, vectors}"
-            )
+            meta["hilight"] = self.get(raw, "hilight", where, "object", "an object {block, vectors}")
         doc = Document(
             id=f"doc-{index:04d}",
             text=text,
@@ -258,9 +254,7 @@ class _Parser:
         for i, item in enumerate(items):
             at = f"{where}.output_activations[{i}]"
             self.check(item, at, "object", "an object {value, name}", "activation")
-            value = self.number(
-                self.get(item, "value", at, "any", "a probability"), f"{at}.value", allow_nan=False
-            )
+            value = self.number(self.get(item, "value", at, "any", "a probability"), f"{at}.value", allow_nan=False)
             if not 0.0 <= value <= 1.0 + 1e-6:
                 raise self.error(
                     f"probability {value} is outside [0, 1]",
@@ -269,9 +263,7 @@ class _Parser:
                 )
             name = str(self.get(item, "name", at, "name", "a class name string", f"Class {i}"))
             if name in probabilities:
-                raise self.error(
-                    f"class {name!r} appears twice", f"{at}.name", "distinct class names"
-                )
+                raise self.error(f"class {name!r} appears twice", f"{at}.name", "distinct class names")
             probabilities[name] = value
         return probabilities
 
@@ -281,15 +273,11 @@ def parse_attviz_json(data: Any, *, file: str | None = None, set_index: int = 0)
     parser = _Parser(file, set_index)
     if isinstance(data, dict):
         if "sets" in data or "text" in data:
-            raise parser.error(
-                "the top level is a single instance", None, "an array of instances: wrap it in [ ]"
-            )
+            raise parser.error("the top level is a single instance", None, "an array of instances: wrap it in [ ]")
         entries = []
         for key in data:
             if not (isinstance(key, str) and key.isdigit()):
-                raise parser.error(
-                    "key is not an instance number", f'["{key}"]', 'keys "0", "1", ...'
-                )
+                raise parser.error("key is not an instance number", f'["{key}"]', 'keys "0", "1", ...')
             entries.append((int(key), f'["{key}"]', data[key]))
         entries.sort(key=lambda entry: entry[0])
     elif isinstance(data, list):
@@ -348,9 +336,7 @@ class AttVizJSONReader(Reader):
         except FileNotFoundError as exc:
             raise InputError("no such file", file=file) from exc
         except UnicodeDecodeError as exc:
-            raise InputError(
-                f"not UTF-8 text (byte {exc.start})", file=file, expected=_FORMAT
-            ) from exc
+            raise InputError(f"not UTF-8 text (byte {exc.start})", file=file, expected=_FORMAT) from exc
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -405,9 +391,7 @@ def to_attviz_json(corpus: Corpus) -> list[dict[str, Any]]:
                 set_[key] = meta[f"set_{key}"]
         instance: dict[str, Any] = {"text": doc.text, "sets": [set_]}
         instance["output_activations"] = [
-            {"value": _format_value(p), "name": c}
-            for c, p in (doc.probabilities or {}).items()
-            if not math.isnan(p)
+            {"value": _format_value(p), "name": c} for c, p in (doc.probabilities or {}).items() if not math.isnan(p)
         ]
         if "name" in meta:
             instance["name"] = meta["name"]

@@ -87,6 +87,9 @@ def _token_tables(doc: Document) -> dict[str, Any]:
 
 def _root_dataset(corpus: Corpus, rows: list, extra: dict[str, list], tokens: list) -> xr.Dataset:
     table = table_from_rows(rows, corpus.label_names)
+    for name, column in corpus.dataset.data_vars.items():  # keep extra per-document columns
+        if column.dims == ("doc",) and name not in table and name not in extra and not str(name).startswith("token_"):
+            table[name] = ("doc", np.asarray(column.values), _safe_attrs(dict(column.attrs)))
     for name, values in extra.items():
         table[name] = ("doc", np.array(values, dtype=object))
     streams = sorted({s for doc in tokens for s in doc}, key=lambda s: (s != "source", s))
@@ -135,9 +138,7 @@ def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
                 name = group_name(index)
                 group = root.create_group(f"docs/{name}")
                 for kind in doc.kinds:
-                    _encode(doc.get(kind), kind).dump_to_store(
-                        H5NetCDFStore(group.create_group(kind))
-                    )
+                    _encode(doc.get(kind), kind).dump_to_store(H5NetCDFStore(group.create_group(kind)))
                 rows.append(table_row(doc))
                 tokens.append(_token_tables(doc))
                 extra["group"].append(name)
@@ -227,13 +228,9 @@ def open_netcdf(path: str | os.PathLike) -> Corpus:
             table = dataset.load()
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(
-            f"not a netCDF4/HDF5 file ({reason})", file=path, expected=_EXPECTED
-        ) from exc
+        raise InputError(f"not a netCDF4/HDF5 file ({reason})", file=path, expected=_EXPECTED) from exc
     if table.attrs.get("attviz_format") != FORMAT:
-        raise InputError(
-            "not an attviz netCDF file (no attviz_format attribute)", file=path, expected=_EXPECTED
-        )
+        raise InputError("not an attviz netCDF file (no attviz_format attribute)", file=path, expected=_EXPECTED)
     version = int(table.attrs.get("attviz_format_version", 0))
     if version > FORMAT_VERSION:
         raise InputError(
@@ -266,7 +263,5 @@ class NetCDFReader(Reader):
 
     def read(self, source: Any, **kwargs: Any) -> Corpus:
         if not isinstance(source, str | os.PathLike):
-            raise InputError(
-                f"cannot read a {type(source).__name__}", expected="a path to a .nc file"
-            )
+            raise InputError(f"cannot read a {type(source).__name__}", expected="a path to a .nc file")
         return open_netcdf(source)

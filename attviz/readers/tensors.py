@@ -66,9 +66,7 @@ def _stack(attentions: Any, n_tokens: int, file: str | None) -> np.ndarray:
                 expected="(1, H, T, T) or (H, T, T)",
             )
         if values.dtype.kind not in "fiu":
-            raise InputError(
-                f"has dtype {values.dtype}", file=file, field=where, expected="numbers"
-            )
+            raise InputError(f"has dtype {values.dtype}", file=file, field=where, expected="numbers")
         if layers and values.shape != layers[0].shape:
             raise InputError(
                 f"has (heads, tokens, tokens) = {values.shape} but layer 0 has {layers[0].shape}",
@@ -170,9 +168,7 @@ def from_tensors(
     if special is None:
         special = [is_special_token(t) for t in tokens]
     elif len(special) != len(tokens):
-        raise InputError(
-            f"has {len(special)} entries for {len(tokens)} tokens", file=file, field="special"
-        )
+        raise InputError(f"has {len(special)} entries for {len(tokens)} tokens", file=file, field="special")
     special = [bool(s) for s in special]
     if text is None:
         text, starts, ends = join_tokens(tokens, special)
@@ -209,22 +205,30 @@ def _check_offsets(offsets: Any, n_tokens: int, n_chars: int, file: str | None):
 
 
 def _load_npz(path: str) -> dict[str, Any]:
+    if not zipfile.is_zipfile(path):
+        raise InputError("not an .npz file (not a zip archive)", file=path, expected="a file written by np.savez")
+    data: dict[str, Any] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {name: npz[name] for name in npz.files}
-    except ValueError as exc:  # object arrays need pickle, which we refuse
-        raise InputError(
-            f"cannot load without pickle ({exc})",
-            file=path,
-            expected="numeric and unicode arrays only",
-        ) from exc
+            for name in npz.files:
+                try:
+                    data[name] = npz[name]
+                except ValueError as exc:  # object arrays need pickle, which we refuse
+                    raise InputError(
+                        "array holds Python objects, which cannot be loaded without pickle",
+                        file=path,
+                        field=name,
+                        expected="numeric or unicode (np.str_) arrays",
+                    ) from exc
     except (OSError, zipfile.BadZipFile) as exc:
         raise InputError(f"not a readable .npz file ({exc})", file=path) from exc
     if "attention" not in data and "attentions" in data:
         data["attention"] = data.pop("attentions")
     for name in ("text", "id"):
         if name in data:
-            data[name] = str(data[name].item()) if data[name].ndim == 0 else str(data[name])
+            if data[name].size != 1:
+                raise InputError(f"has shape {data[name].shape}", file=path, field=name, expected="one string")
+            data[name] = str(data[name].ravel()[0])
     return data
 
 
@@ -257,9 +261,7 @@ def _load_safetensors(path: str) -> dict[str, Any]:
 class TensorsReader(Reader):
     """Attention tensors + tokens (BertViz's input), in memory or in an .npz/.safetensors file."""
 
-    description: ClassVar[str] = (
-        "attention tensors and tokens: (attentions, tokens), .npz, .safetensors"
-    )
+    description: ClassVar[str] = "attention tensors and tokens: (attentions, tokens), .npz, .safetensors"
     extensions: ClassVar[tuple[str, ...]] = (".npz", ".safetensors")
 
     def guess_can_open(self, source: Any) -> bool:

@@ -1,0 +1,139 @@
+"""Where extracted documents go: memory, or a store written from a background thread."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table
+from attviz.store import StoreWriter
+from attviz.tokenization import Unit
+
+
+def _row(unit: Unit, probabilities: np.ndarray | None, label_names: Sequence[str]) -> dict[str, Any]:
+    probs = {} if probabilities is None else {n: float(p) for n, p in zip(label_names, probabilities, strict=True)}
+    return {
+        "doc_id": unit.id,
+        "text": unit.text,
+        "n_tokens": len(unit.input_ids),
+        "label": unit.label or "",
+        "prediction": max(probs, key=probs.__getitem__) if probs else "",
+        "probabilities": probs,
+        "target": unit.target or "",
+        "source_id": unit.source_id,
+        "source_start": unit.source_start,
+        "split": "",
+    }
+
+
+def _unit_tokens(unit: Unit) -> dict[str, pd.DataFrame]:
+    tokens = {"source": unit.tokens}
+    if unit.target_tokens is not None:
+        tokens["target"] = unit.target_tokens
+    return tokens
+
+
+class Sink:
+    done: set[int]
+    label_names: Sequence[str] = ()
+
+    def write_batch(self, results: list) -> None: ...
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+    def finish(self, attrs: dict[str, Any], units: Sequence[Unit], label_names: Sequence[str]) -> Corpus: ...
+
+
+class MemorySink(Sink):
+    def __init__(self) -> None:
+        self.done = set()
+        self.results: dict[int, tuple] = {}
+
+    def write_batch(self, results: list) -> None:
+        for unit, arrays, probs in results:
+            self.results[unit.index] = (unit, arrays, probs)
+            self.done.add(unit.index)
+
+    def finish(self, attrs, units, label_names) -> Corpus:
+        documents = []
+        for index in sorted(self.results):
+            unit, arrays, probs = self.results[index]
+            row = _row(unit, probs, label_names)
+            tokens = _unit_tokens(unit)
+            data = {}
+            for kind, values in arrays.items():
+                q, k = KIND_STREAMS[kind]
+                data[kind] = attention_array(values, tokens[q], tokens[k], name=kind if kind != "self" else "attention")
+            documents.append(
+                Document(
+                    id=unit.id,
+                    text=unit.text,
+                    arrays=data,
+                    label=unit.label,
+                    prediction=row["prediction"] or None,
+                    probabilities=row["probabilities"] or None,
+                    target=unit.target,
+                    source_id=unit.source_id,
+                    source_start=unit.source_start,
+                )
+            )
+        corpus = Corpus(documents, attrs=attrs)
+        corpus._table = build_table(documents, label_names)
+        return corpus
+
+
+class StoreSink(Sink):
+    """Writes finished documents from one background thread, overlapping the next forward pass."""
+
+    def __init__(self, store: str | os.PathLike, fingerprint: str, overwrite: bool, resume: bool, compression: str):
+        self.store = Path(store)
+        self.writer = StoreWriter(
+            store, fingerprint=fingerprint, overwrite=overwrite, resume=resume, compression=compression
+        )
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attviz-writer")
+        self.pending: list[Future] = []
+        self.label_names: Sequence[str] = ()
+
+    @property
+    def done(self) -> set[int]:
+        return self.writer.done
+
+    def _write(self, results: list) -> None:
+        for unit, arrays, probs in results:
+            self.writer.write(
+                unit.index,
+                _row(unit, probs, self.label_names),
+                _unit_tokens(unit),
+                arrays,
+                {kind: {} for kind in arrays},
+            )
+        self.writer.flush()
+
+    def write_batch(self, results: list) -> None:
+        while len(self.pending) >= 2:  # bound the memory held by queued batches
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, results))
+
+    def drain(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending.clear()
+
+    def abort(self) -> None:
+        for future in self.pending:
+            with contextlib.suppress(Exception):  # the error being raised already is the one to report
+                future.result()
+        self.pending.clear()
+        self.pool.shutdown(wait=True)
+        self.writer.close()
+
+    def finish(self, attrs, units, label_names) -> Corpus:
+        self.pool.shutdown(wait=True)
+        self.writer.finalize(attrs, label_names)
+        return Corpus.open(self.store)
