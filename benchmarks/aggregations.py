@@ -64,8 +64,9 @@ def main() -> None:
     pipeline = aggregations.Pipeline(
         [aggregations.get("drop_special"), aggregations.get("mean"), aggregations.get("attention_received")]
     )
-    rows.append(("drop_special|mean|attention_received", f"{tuple(doc.shape)}",
-                 best_of(lambda: pipeline(doc), args.repeat)))
+    rows.append(
+        ("drop_special|mean|attention_received", f"{tuple(doc.shape)}", best_of(lambda: pipeline(doc), args.repeat))
+    )
     flow = aggregations.get("flow", max_tokens=10_000)
     for n in args.flow_tokens:
         small = random_document(6, 12, n, seed=n)

@@ -22,9 +22,9 @@ import torch
 
 from attviz.demo import demo_records
 from attviz.extract import extract
-from attviz.tokenization import make_batches, tokenize
 from attviz.info import directory_bytes
 from attviz.models import load_model
+from attviz.tokenization import make_batches, tokenize
 
 
 def texts_for(n: int) -> list[str]:
@@ -85,6 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     modes = {
         "attviz extract (store)": attviz_store,
+        "attviz extract (store, no zstd)": lambda: extract(
+            texts,
+            model=loaded,
+            batch_size=args.batch_size,
+            store=tmp / "raw.zarr",
+            overwrite=True,
+            progress=False,
+            compression="none",
+        ),
         "attviz extract (memory)": lambda: extract(texts, model=loaded, batch_size=args.batch_size, progress=False),
         "bare batched forward": lambda: bare_forward(loaded, texts, args.batch_size),
         "naive one-doc loop, 2 passes": lambda: naive_loop(loaded, texts),
