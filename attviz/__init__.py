@@ -2,8 +2,24 @@
 
 from attviz.corpus import Corpus, Document, attention_array, token_frame, vector_array
 from attviz.errors import AttentionUnavailableError, AttvizError, InputError, StoreError
+from attviz.extract import extract  # binds the function over the submodule attribute
+from attviz.readers import read
+from attviz.readers.tensors import from_tensors
 
 __version__ = "0.1.0"
+
+
+def open_corpus(path: str) -> Corpus:
+    """Open any readable input (store, netCDF, legacy AttViz JSON, .npz) as a Corpus."""
+    return read(path)
+
+
+def load_model(*args, **kwargs):
+    """Load a model with eager attention; see :func:`attviz.models.load_model`."""
+    from attviz.models import load_model as _load_model
+
+    return _load_model(*args, **kwargs)
+
 
 __all__ = [
     "AttentionUnavailableError",
@@ -14,6 +30,11 @@ __all__ = [
     "StoreError",
     "__version__",
     "attention_array",
+    "extract",
+    "from_tensors",
+    "load_model",
+    "open_corpus",
+    "read",
     "token_frame",
     "vector_array",
 ]

@@ -66,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Read any readable input and write a store (.zarr) or a netCDF file (.nc).",
     )
     p.add_argument("input", help="store, netCDF file, legacy AttViz JSON or .npz tensors")
-    p.add_argument("-o", "--output", required=True, help="output: DIR.zarr (store) or FILE.nc")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output: DIR.zarr (store), FILE.nc (netCDF) or FILE.json (original AttViz format, vectors only)",
+    )
     p.add_argument("--reader", default=None, help="reader plugin name (default: guess)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -172,6 +177,10 @@ def _convert(args: argparse.Namespace) -> int:
         raise AttvizError(f"{out} already exists; pass --overwrite to replace it")
     if out.suffix.lower() in (".nc", ".nc4", ".h5"):
         corpus.to_netcdf(out)
+    elif out.suffix.lower() == ".json":
+        from attviz.readers.legacy import write_attviz_json
+
+        write_attviz_json(corpus, out)
     else:
         corpus.save(out, overwrite=args.overwrite)
     print(f"wrote {len(corpus)} documents to {out}", file=sys.stderr)

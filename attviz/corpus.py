@@ -16,6 +16,7 @@ Tokens come from named *streams*: ``"source"`` (the model input) and ``"target"`
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ TOKEN_FIELDS = ("text", "word", "start", "end", "special")
 MATRIX_KINDS = ("self", "encoder", "decoder", "cross")
 # Which token stream the query/key axis of each matrix kind indexes.
 # Table columns that describe the store layout, not the documents.
-_INTERNAL_COLUMNS = {"group", "kinds"}
+_INTERNAL_COLUMNS = {"group", "kinds", "meta"}
 KIND_STREAMS = {
     "self": ("source", "source"),
     "encoder": ("source", "source"),
@@ -356,6 +357,7 @@ def table_row(doc: Document) -> dict[str, Any]:
         "source_id": doc.source_id or doc.id,
         "source_start": int(doc.source_start),
         "split": str(doc.meta.get("split", "")),
+        "meta": json.dumps({k: v for k, v in doc.meta.items() if k != "split"}, default=str),
     }
 
 
@@ -385,6 +387,7 @@ def table_from_rows(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str
             "source_id": ("doc", column("source_id")),
             "source_start": ("doc", column("source_start", np.int64, 0)),
             "split": ("doc", column("split")),
+            "meta": ("doc", np.array([row.get("meta") or "{}" for row in rows], dtype=object)),
             "probability": (("doc", "class"), probs, {"long_name": "class probability", "units": "1"}),
         },
         coords={"doc": np.arange(len(rows)), "class": np.array(classes, dtype=object)},

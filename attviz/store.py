@@ -330,6 +330,13 @@ def open_store(path: str | os.PathLike) -> Corpus:
     return Corpus(loader=loader, attrs=info, table=table, path=path)
 
 
+def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    meta = json.loads(str(row.get("meta") or "{}"))
+    if str(row.get("split", "")):
+        meta["split"] = str(row["split"])
+    return meta
+
+
 class _StoreLoader:
     def __init__(self, path: Path, root: zarr.Group, table: xr.Dataset, tokens: zarr.Group):
         self.path, self.root, self.table, self.tokens = path, root, table, tokens
@@ -362,7 +369,7 @@ class _StoreLoader:
             target=str(row["target"]) or None,
             source_id=str(row["source_id"]) or None,
             source_start=int(row["source_start"]),
-            meta={"split": str(row["split"])} if str(row["split"]) else {},
+            meta=_meta(row),
         )
 
     def _lazy(self, i: int, group: str, kind: str):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from attviz.cli import main
@@ -131,3 +132,28 @@ def test_plugins_json_lists_builtin_readers(capsys):
     rows = json.loads(out)
     readers = {r["name"]: r for r in rows if r["group"] == "attviz.readers"}
     assert readers["zarr"]["status"] == "ok" and readers["zarr"]["distribution"] == "attviz"
+
+
+def test_convert_legacy_json_to_store_netcdf_and_back(tmp_path, capsys):
+    from pathlib import Path
+
+    from attviz import Corpus, read
+
+    source = Path(__file__).parent / "readers" / "data" / "string_numbers.json"
+    original = read(source)
+    assert _run(capsys, "convert", source, "-o", tmp_path / "legacy.zarr")[0] == 0
+    store = Corpus.open(tmp_path / "legacy.zarr")
+    assert store.ids == original.ids
+    for a, b in zip(original, store, strict=True):
+        np.testing.assert_array_equal(a.vectors.values, b.vectors.values)
+        assert a.meta == b.meta  # colours, visibility, highlight survive the store
+    assert _run(capsys, "convert", tmp_path / "legacy.zarr", "-o", tmp_path / "legacy.nc")[0] == 0
+    code, out, _ = _run(capsys, "info", tmp_path / "legacy.nc", "--json")
+    assert code == 0 and json.loads(out)["documents"] == len(original)
+    assert _run(capsys, "convert", tmp_path / "legacy.nc", "-o", tmp_path / "back.json")[0] == 0
+    again = read(tmp_path / "back.json")
+    for a, b in zip(original, again, strict=True):
+        np.testing.assert_array_equal(a.vectors.values, b.vectors.values)
+        assert a.tokens == b.tokens and b.probabilities == pytest.approx(a.probabilities)  # float32 table
+    code, _, err = _run(capsys, "convert", source, "-o", tmp_path / "legacy.zarr")
+    assert code == 1 and "already exists" in err

@@ -153,6 +153,7 @@ class Pipeline(Aggregation):
     def __init__(self, steps: Sequence[Aggregation] | None = None, **params: Any):
         super().__init__(steps=list(steps or params.pop("steps", [])), **params)
         self.flow(self.start_dims())
+        self.param.watch(self._revalidate, ["steps", "dims"])
 
     @property
     def id(self) -> str:
@@ -166,9 +167,14 @@ class Pipeline(Aggregation):
         needed = {d for step in self.steps for d in step.needs()}
         return VECTOR_DIMS if "vector" in needed else ATTENTION_DIMS
 
-    @param.depends("steps", "dims", watch=True)
-    def _revalidate(self) -> None:
-        self.flow(self.start_dims())
+    def _revalidate(self, event: param.parameterized.Event) -> None:
+        """Check a new ``steps``/``dims``; put the old value back when the flow breaks."""
+        try:
+            self.flow(self.start_dims())
+        except DimsError:
+            with param.discard_events(self):
+                setattr(self, event.name, event.old)
+            raise
 
     def flow(self, dims: Sequence[str]) -> list[tuple[str, ...]]:
         """The dims after each step for an input with ``dims``; :class:`DimsError` if a step fails."""

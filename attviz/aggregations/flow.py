@@ -7,11 +7,12 @@ token q is the maximum flow from node (0, j) to node (L, q). Each of the T value
 problem, solved with :func:`scipy.sparse.csgraph.maximum_flow` (Dinic) on one shared graph.
 
 Precision: scipy needs integer capacities, so each capacity is rounded to a multiple of
-``10**-precision`` (default 1e-6); a flow is then off by at most half that per edge of its minimum
-cut (≤ T · 0.5e-6 in all, in practice ~1e-6). Capacities that round to 0 are dropped.
+``10**-precision`` (default 1e-6); a flow is then off by at most half that per edge of the minimum
+cut (the cut into the output token has T edges: ≤ T · 0.5e-6; a test against networkx's exact
+float max-flow agrees to 1e-6). Capacities that round to 0 are dropped.
 Cost: T max-flow problems on a graph of ~L·T² edges, about T^3.5 in all. Measured on the 2-core
-dev machine, 6 layers × 12 heads (``benchmarks/aggregations.py``): 32 tokens 0.03 s, 64 tokens
-0.06 s, 128 tokens 0.3 s, 192 tokens 0.8 s, 256 tokens 2.8 s, 384 tokens 8.5 s, 512 tokens 26 s.
+dev machine, 6 layers × 12 heads (``benchmarks/aggregations.py``): 32 tokens 0.01 s, 64 tokens
+0.04 s, 128 tokens 0.25 s, 192 tokens 0.8 s, 256 tokens 2.3–2.8 s, 384 tokens 8.5 s, 512 tokens 26 s.
 Interactive (< 1 s) up to ~200 tokens; the default ``max_tokens=256`` refuses longer documents
 (use rollout, or drop special tokens / merge words first, or raise ``max_tokens``).
 https://arxiv.org/abs/2005.00928
