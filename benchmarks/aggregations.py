@@ -30,6 +30,15 @@ def random_document(layers: int, heads: int, tokens: int, seed: int = 0) -> xr.D
     return attention_array(weights.astype(np.float16), token_frame(text, word=word, special=special))
 
 
+def minilm_document(tokens: int) -> xr.DataArray:
+    """The real attention of the bundled MiniLM on demo texts joined up to ``tokens`` tokens."""
+    from attviz.demo import demo_records
+    from attviz.extract import extract
+
+    text = " ".join(r["text"] for r in demo_records())
+    return extract([text], max_length=tokens, progress=False)[0].attention.load()
+
+
 def best_of(fn: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -44,9 +53,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--flow-tokens", type=int, nargs="*", default=[32, 64, 128, 256])
+    parser.add_argument("--minilm", action="store_true", help="a real all-MiniLM-L6-v2 document instead of random")
     args = parser.parse_args()
 
-    doc = random_document(6, 12, args.tokens)
+    doc = minilm_document(args.tokens) if args.minilm else random_document(6, 12, args.tokens)
     diag = aggregations.get("diagonal")(doc).stack(vector=("layer", "head"))
     vectors = vector_array(
         diag.transpose("vector", "token").values,
@@ -54,11 +64,12 @@ def main() -> None:
         names=[f"{layer}/{head}" for layer, head in diag["vector"].values],
     )
     rows = []
-    print(f"document: 6 layers x 12 heads x {args.tokens} x {args.tokens} float16, best of {args.repeat}")
+    kind = "all-MiniLM-L6-v2" if args.minilm else "random"
+    print(f"{kind} document: 6 layers x 12 heads x {args.tokens} x {args.tokens} float16, best of {args.repeat}")
     for name in aggregations.available():
-        if name == "flow":
-            continue
         agg = aggregations.get(name)
+        if name == "flow" or not type(agg).__module__.startswith("attviz."):  # flow below; built-ins only
+            continue
         data = vectors if name.startswith("attviz_") else doc
         rows.append((name, f"{tuple(data.shape)}", best_of(lambda agg=agg, data=data: agg(data), args.repeat)))
     pipeline = aggregations.Pipeline(
