@@ -1,0 +1,89 @@
+"""The View plugin kind: a :class:`panel.viewable.Viewer` that shows one kind of data.
+
+A view is one small class (entry-point group ``attviz.views``): a ``description``, the kinds of
+input it can show (:attr:`View.requires`, from :data:`REQUIREMENTS`), its parameters, and
+``__panel__`` returning its layout. The explorer sets :attr:`View.data` (and
+:attr:`View.selected_token`) and offers a view only where :meth:`View.can_show` is true. Views build
+HoloViews elements from the DataArray and never import the explorer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pandas as pd
+import panel as pn
+import param
+import xarray as xr
+
+from attviz.registry import register_validator
+
+#: What a view can take as :attr:`View.data`.
+REQUIREMENTS: dict[str, str] = {
+    "matrix": "a DataArray with dims (query, key), e.g. one layer and head after aggregation",
+    "token_vector": "a DataArray with the dim token (one value per token), e.g. attention received",
+    "head_summary": "a DataArray with dims (layer, head) and no token dims, e.g. head entropy",
+    "corpus": "the corpus table (a pandas DataFrame, one row per document)",
+}
+
+_TOKEN_DIMS = {"query", "key", "token"}
+
+
+def fits(requirement: str, data: Any) -> bool:
+    """Whether ``data`` is the kind of input named ``requirement`` (a key of :data:`REQUIREMENTS`)."""
+    if requirement == "corpus":
+        return isinstance(data, pd.DataFrame)
+    if not isinstance(data, xr.DataArray):
+        return False
+    dims = set(data.dims)
+    if requirement == "matrix":
+        return dims == {"query", "key"}
+    if requirement == "token_vector":
+        return dims == {"token"}
+    if requirement == "head_summary":
+        return {"layer", "head"} <= dims and not dims & _TOKEN_DIMS
+    raise ValueError(f"unknown view requirement {requirement!r} (expected one of {sorted(REQUIREMENTS)})")
+
+
+class View(pn.viewable.Viewer):
+    """Base class of views (entry-point group ``attviz.views``).
+
+    Subclasses set :attr:`description` and :attr:`requires`, add their own parameters (each with
+    ``doc=``; the app builds widgets from them) and implement ``__panel__``, depending on the
+    parameters they use (``@param.depends("data", "selected_token")``) so only they re-render.
+    Override :meth:`can_show` when a view needs more than the shape (e.g. an extra coordinate).
+    """
+
+    description: ClassVar[str] = ""
+    #: The kinds of :attr:`data` the view can show (any one of them); keys of :data:`REQUIREMENTS`.
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    data = param.Parameter(default=None, doc="What the view shows: one of the kinds in `requires`.")
+    selected_token = param.Integer(
+        default=None, allow_None=True, doc="Position of the selected (query) token; None: no selection."
+    )
+
+    __abstract = True
+
+    @classmethod
+    def can_show(cls, data: Any) -> bool:
+        """Whether this view can show ``data`` (it fits one of :attr:`requires`)."""
+        return any(fits(requirement, data) for requirement in cls.requires)
+
+    def __panel__(self) -> Any:
+        raise NotImplementedError
+
+
+def _validate_view(cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, View)):
+        raise TypeError(f"{cls!r} is not a subclass of attviz.views.View")
+    if cls.__panel__ is View.__panel__:
+        raise TypeError(f"{cls.__name__} does not implement __panel__()")
+    if not cls.description:
+        raise TypeError(f"{cls.__name__} has no description")
+    unknown = [r for r in cls.requires if r not in REQUIREMENTS]
+    if not cls.requires or unknown:
+        raise TypeError(f"{cls.__name__}.requires must name some of {sorted(REQUIREMENTS)} (got {cls.requires!r})")
+
+
+register_validator("attviz.views", _validate_view)
