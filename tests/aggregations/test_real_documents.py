@@ -29,8 +29,8 @@ def test_every_aggregation_runs_on_a_real_document(minilm_document):
     ran = []
     for name in aggregations.available():
         aggregation = aggregations.get(name)
-        if "vector" in aggregation.needs():
-            continue
+        if "vector" in aggregation.needs() or not type(aggregation).__module__.startswith("attviz."):
+            continue  # legacy vectors are checked below; third-party plugins have their own tests
         out = aggregation(attention)
         ran.append(name)
         assert out.name and out.attrs.get("long_name"), name
