@@ -392,3 +392,31 @@ def table_from_rows(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str
         },
         coords={"doc": np.arange(len(rows)), "class": np.array(classes, dtype=object)},
     )
+
+
+def document_from_table(
+    table: xr.Dataset, i: int, arrays: dict[str, Any], meta: dict[str, Any] | None = None
+) -> Document:
+    """Rebuild document ``i`` of a corpus table (as stored on disk) around its (lazy) arrays."""
+    row = {name: table[name].values[i] for name in table.data_vars if table[name].dims == ("doc",)}
+    probabilities = None
+    if table.sizes.get("class", 0):
+        probs = table["probability"].values[i]
+        if not np.isnan(probs).all():
+            probabilities = {str(c): float(p) for c, p in zip(table["class"].values, probs, strict=True)}
+    if meta is None:
+        meta = json.loads(str(row.get("meta") or "{}"))
+    if str(row.get("split", "")):
+        meta["split"] = str(row["split"])
+    return Document(
+        id=str(row["doc_id"]),
+        text=str(row["text"]),
+        arrays=arrays,
+        label=str(row["label"]) or None,
+        prediction=str(row["prediction"]) or None,
+        probabilities=probabilities,
+        target=str(row["target"]) or None,
+        source_id=str(row["source_id"]) or None,
+        source_start=int(row["source_start"]),
+        meta=meta,
+    )

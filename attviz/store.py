@@ -36,6 +36,7 @@ from attviz.corpus import (
     Corpus,
     Document,
     attention_array,
+    document_from_table,
     table_from_rows,
     table_row,
     token_frame,
@@ -330,13 +331,6 @@ def open_store(path: str | os.PathLike) -> Corpus:
     return Corpus(loader=loader, attrs=info, table=table, path=path)
 
 
-def _meta(row: Mapping[str, Any]) -> dict[str, Any]:
-    meta = json.loads(str(row.get("meta") or "{}"))
-    if str(row.get("split", "")):
-        meta["split"] = str(row["split"])
-    return meta
-
-
 class _StoreLoader:
     def __init__(self, path: Path, root: zarr.Group, table: xr.Dataset, tokens: zarr.Group):
         self.path, self.root, self.table, self.tokens = path, root, table, tokens
@@ -351,26 +345,9 @@ class _StoreLoader:
         return token_frame(*values)
 
     def __call__(self, i: int) -> Document:
-        row = {name: self.table[name].values[i] for name in self.table.data_vars if self.table[name].dims == ("doc",)}
-        group = str(row["group"])
-        arrays = {kind: self._lazy(i, group, kind) for kind in str(row["kinds"]).split(",") if kind}
-        probabilities = None
-        if self.table.sizes.get("class", 0):
-            probs = self.table["probability"].values[i]
-            if not np.isnan(probs).all():
-                probabilities = {str(c): float(p) for c, p in zip(self.table["class"].values, probs, strict=True)}
-        return Document(
-            id=str(row["doc_id"]),
-            text=str(row["text"]),
-            arrays=arrays,
-            label=str(row["label"]) or None,
-            prediction=str(row["prediction"]) or None,
-            probabilities=probabilities,
-            target=str(row["target"]) or None,
-            source_id=str(row["source_id"]) or None,
-            source_start=int(row["source_start"]),
-            meta=_meta(row),
-        )
+        group = str(self.table["group"].values[i])
+        kinds = str(self.table["kinds"].values[i]).split(",")
+        return document_from_table(self.table, i, {kind: self._lazy(i, group, kind) for kind in kinds if kind})
 
     def _lazy(self, i: int, group: str, kind: str):
         def load() -> xr.DataArray:

@@ -33,6 +33,7 @@ from attviz.corpus import (
     Corpus,
     Document,
     attention_array,
+    document_from_table,
     table_from_rows,
     table_row,
     token_frame,
@@ -187,27 +188,9 @@ class _NetCDFLoader:
 
     def __call__(self, i: int) -> Document:
         ds = self.table
-        row = {name: ds[name].values[i] for name in ds.data_vars if ds[name].dims == ("doc",)}
-        group = str(row["group"])
-        arrays = {kind: self._lazy(group, kind) for kind in str(row["kinds"]).split(",") if kind}
-        probabilities = None
-        if ds.sizes.get("class", 0):
-            probs = ds["probability"].values[i]
-            if not np.isnan(probs).all():
-                classes = [str(c) for c in ds["class"].values]
-                probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
-        return Document(
-            id=str(row["doc_id"]),
-            text=str(row["text"]),
-            arrays=arrays,
-            label=str(row["label"]) or None,
-            prediction=str(row["prediction"]) or None,
-            probabilities=probabilities,
-            target=str(row["target"]) or None,
-            source_id=str(row["source_id"]) or None,
-            source_start=int(row["source_start"]),
-            meta=json.loads(self.meta[i]) if self.meta[i] else {},
-        )
+        group = str(ds["group"].values[i])
+        arrays = {kind: self._lazy(group, kind) for kind in str(ds["kinds"].values[i]).split(",") if kind}
+        return document_from_table(ds, i, arrays, json.loads(self.meta[i]) if self.meta[i] else {})
 
     def _lazy(self, group: str, kind: str):
         def load() -> xr.DataArray:
