@@ -83,9 +83,7 @@ class MemorySink(Sink):
                     source_start=unit.source_start,
                 )
             )
-        corpus = Corpus(documents, attrs=attrs)
-        corpus._table = build_table(documents, label_names)
-        return corpus
+        return Corpus(documents, attrs=attrs, table=build_table(documents, label_names))
 
 
 class StoreSink(Sink):
