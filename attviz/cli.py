@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model for live input (default: bundled MiniLM)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--show", action="store_true", help="open a browser")
+    p.add_argument("--address", default=None, help="address to listen on (default: localhost)")
     return parser
 
 
@@ -208,21 +209,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        from attviz.app import serve
-    except ImportError:
-        # The explorer app lands with its own issue; until then show what would be explored.
-        from attviz.demo import demo_corpus
-        from attviz.readers import read
+    from attviz.app import serve
 
-        corpora = [read(p) for p in args.inputs] or [demo_corpus()]
-        for corpus in corpora:
-            _print_info(corpus, False)
-        print(
-            "attviz serve: the explorer app is not built yet; shown above is the corpus it will open", file=sys.stderr
-        )
-        return 0
-    return serve(args.inputs, model=args.model, port=args.port, show=args.show)
+    return serve(args.inputs, model=args.model, port=args.port, show=args.show, address=args.address)
 
 
 COMMANDS = {

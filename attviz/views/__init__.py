@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attviz.views.base import REQUIREMENTS, View, fits
+from attviz.views.base import INPUTS, LINKED, REQUIREMENTS, View, fits
 
 
 def get(name: str, **params: Any) -> View:
@@ -30,4 +30,4 @@ def available(data: Any = None) -> dict[str, str]:
     }
 
 
-__all__ = ["REQUIREMENTS", "View", "available", "fits", "get"]
+__all__ = ["INPUTS", "LINKED", "REQUIREMENTS", "View", "available", "fits", "get"]

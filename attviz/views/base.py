@@ -2,9 +2,14 @@
 
 A view is one small class (entry-point group ``attviz.views``): a ``description``, the kinds of
 input it can show (:attr:`View.requires`, from :data:`REQUIREMENTS`), its parameters, and
-``__panel__`` returning its layout. The explorer sets :attr:`View.data` (and
-:attr:`View.selected_token`) and offers a view only where :meth:`View.can_show` is true. Views build
-HoloViews elements from the DataArray and never import the explorer.
+``__panel__`` returning its layout. The explorer sets :attr:`View.data` and offers a view only where
+:meth:`View.can_show` is true. Views build HoloViews elements from the DataArray and never import
+the explorer.
+
+Linking: a view that declares a parameter named in :data:`LINKED` is kept in sync with the
+explorer's parameter of the same name, both ways: the explorer sets it when the state changes, and
+when the view sets it (a click on a token, a cell of the head grid) every other view follows. A
+view that declares a parameter named in :data:`INPUTS` receives that extra input (one way).
 """
 
 from __future__ import annotations
@@ -22,8 +27,29 @@ from attviz.registry import register_validator
 REQUIREMENTS: dict[str, str] = {
     "matrix": "a DataArray with dims (query, key), e.g. one layer and head after aggregation",
     "token_vector": "a DataArray with the dim token (one value per token), e.g. attention received",
+    "token_vectors": "a DataArray with dims (head, token) or (vector, token): one token vector per head",
+    "head_matrices": "a DataArray with dims (head, query, key): every head of one layer",
     "head_summary": "a DataArray with dims (layer, head) and no token dims, e.g. head entropy",
     "corpus": "the corpus table (a pandas DataFrame, one row per document)",
+    "document": "an attviz Document (text, tokens, labels, class probabilities)",
+}
+
+#: Explorer parameters a view may declare to be kept in sync both ways.
+LINKED: dict[str, str] = {
+    "selected_token": "position of the selected (query) token, or None",
+    "layer": "the selected layer (int)",
+    "head": "the selected head (int)",
+    "doc_id": "the id of the current document",
+}
+
+#: Extra inputs the explorer gives a view that declares a parameter of this name (one way).
+INPUTS: dict[str, str] = {
+    "aggregate": "the current token vector (dims (token,)): the head reduction or the selected head",
+    "heads": "the heads selected for multi-head displays (list of int; empty: all)",
+    "other": "for comparisons: the same input for the second document/corpus (or None)",
+    "other_label": "for comparisons: a short label of the second document/corpus",
+    "label": "a short label of the current document/corpus",
+    "text": "the document's original text (token offsets index into it)",
 }
 
 _TOKEN_DIMS = {"query", "key", "token"}
@@ -33,6 +59,10 @@ def fits(requirement: str, data: Any) -> bool:
     """Whether ``data`` is the kind of input named ``requirement`` (a key of :data:`REQUIREMENTS`)."""
     if requirement == "corpus":
         return isinstance(data, pd.DataFrame)
+    if requirement == "document":
+        from attviz.corpus import Document
+
+        return isinstance(data, Document)
     if not isinstance(data, xr.DataArray):
         return False
     dims = set(data.dims)
@@ -40,6 +70,10 @@ def fits(requirement: str, data: Any) -> bool:
         return dims == {"query", "key"}
     if requirement == "token_vector":
         return dims == {"token"}
+    if requirement == "token_vectors":
+        return len(dims) == 2 and "token" in dims and bool(dims & {"head", "vector"})
+    if requirement == "head_matrices":
+        return dims == {"head", "query", "key"}
     if requirement == "head_summary":
         return {"layer", "head"} <= dims and not dims & _TOKEN_DIMS
     raise ValueError(f"unknown view requirement {requirement!r} (expected one of {sorted(REQUIREMENTS)})")

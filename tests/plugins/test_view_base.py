@@ -9,6 +9,7 @@ import param
 import pytest
 import xarray as xr
 
+from attviz.corpus import Document
 from attviz.views import REQUIREMENTS, View, fits
 from attviz.views.base import _validate_view
 
@@ -16,17 +17,27 @@ MATRIX = xr.DataArray(np.eye(2), dims=("query", "key"))
 VECTOR = xr.DataArray(np.ones(3), dims=("token",))
 HEADS = xr.DataArray(np.ones((2, 3)), dims=("layer", "head"))
 TABLE = pd.DataFrame({"id": ["a"], "text": ["x"]})
+HEAD_VECTORS = xr.DataArray(np.ones((2, 3)), dims=("head", "token"))
+HEAD_MATRICES = xr.DataArray(np.ones((2, 3, 3)), dims=("head", "query", "key"))
+DOCUMENT = Document(id="d", text="x")
+KINDS = {
+    "matrix": MATRIX,
+    "token_vector": VECTOR,
+    "token_vectors": HEAD_VECTORS,
+    "head_matrices": HEAD_MATRICES,
+    "head_summary": HEADS,
+    "corpus": TABLE,
+    "document": DOCUMENT,
+}
 
 
-@pytest.mark.parametrize(
-    ("requirement", "fitting"),
-    [("matrix", MATRIX), ("token_vector", VECTOR), ("head_summary", HEADS), ("corpus", TABLE)],
-)
+@pytest.mark.parametrize(("requirement", "fitting"), list(KINDS.items()))
 def test_each_requirement_fits_only_its_kind(requirement, fitting):
-    assert set(REQUIREMENTS) == {"matrix", "token_vector", "head_summary", "corpus"}
-    for data in (MATRIX, VECTOR, HEADS, TABLE, None):
+    assert set(REQUIREMENTS) == set(KINDS)
+    for data in [*KINDS.values(), None]:
         assert fits(requirement, data) is (data is fitting)
     assert not fits("matrix", xr.DataArray(np.ones((1, 2, 2)), dims=("head", "query", "key")))
+    assert fits("token_vectors", xr.DataArray(np.ones((2, 3)), dims=("vector", "token")))
 
 
 class TokenText(View):

@@ -1,0 +1,119 @@
+"""The served explorer: a Panel template around :class:`~attviz.layout.ExplorerLayout`.
+
+Corpora and the live model are loaded once per server process (``pn.state.as_cached``) and shared
+by every browser session; each session gets its own :class:`~attviz.explorer.Explorer`, so one
+user's selection, live documents and uploads never reach another's.
+
+``attviz serve [INPUT ...] [--model M]`` and ``panel serve apps/explorer.py`` both end up in
+:func:`create_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import panel as pn
+
+from attviz.corpus import Corpus
+from attviz.explorer import Explorer, _as_corpora
+from attviz.layout import ExplorerLayout
+from attviz.live import LiveModel
+
+#: Panel extensions the built-in views need.
+EXTENSIONS = ("tabulator",)
+#: Uploads are sent over the websocket: allow stores of a few hundred MB.
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+
+
+def load_corpora(inputs: Sequence[str] = ()) -> dict[str, Corpus]:
+    """The corpora to explore, read once per process: ``inputs``, or the demo corpus."""
+    key = "attviz-corpora:" + "\x00".join(os.path.abspath(i) for i in inputs)
+    return pn.state.as_cached(key, _read_corpora, inputs=tuple(inputs))
+
+
+def _read_corpora(inputs: tuple[str, ...]) -> dict[str, Corpus]:
+    if not inputs:
+        from attviz.demo import demo_corpus
+
+        return {"demo": demo_corpus()}
+    return _as_corpora(list(inputs))
+
+
+def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveModel:
+    """The process-wide live model: ``model``, else the model that made the first corpus."""
+    first = next(iter(corpora.values()), None)
+    key = f"attviz-live:{model}:{id(first)}"
+
+    def make() -> LiveModel:
+        if first is not None:
+            return LiveModel.for_corpus(first, model)
+        return LiveModel(model)
+
+    return pn.state.as_cached(key, make)
+
+
+def create_app(inputs: Sequence[str] = (), model: str | None = None, *, live: bool = True) -> Any:
+    """One session's explorer in a FastListTemplate."""
+    pn.extension(*EXTENSIONS, notifications=True)
+    corpora = load_corpora(inputs)
+    explorer = Explorer(dict(corpora), live_model=live_model(corpora, model) if live else None)
+    layout = ExplorerLayout(explorer)
+    template = pn.template.FastListTemplate(
+        title="attviz",
+        sidebar=[layout.controls],
+        main=[layout.main],
+        sidebar_width=340,
+        accent="#F9822C",
+        header_background="#2F4858",
+    )
+    template.explorer = explorer  # for tests and --setup scripts
+    return template
+
+
+def warm(inputs: Sequence[str] = (), model: str | None = None) -> None:
+    """Read the corpora now and load the live model in the background, before the first visitor."""
+    corpora = load_corpora(inputs)
+    live = live_model(corpora, model)
+    threading.Thread(target=_try_load, args=(live,), daemon=True, name="attviz-model").start()
+
+
+def _try_load(live: LiveModel) -> None:
+    try:
+        live.loaded()
+    except Exception as exc:  # the app says so when live input is used
+        print(f"attviz serve: live model {live.name!r} could not be loaded: {exc}", file=sys.stderr)
+
+
+def serve(
+    inputs: Sequence[str] = (),
+    *,
+    model: str | None = None,
+    port: int = 5006,
+    show: bool = False,
+    address: str | None = None,
+    threaded: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Serve the explorer on ``port`` (``inputs``: stores or files; none: the demo corpus)."""
+    warm(inputs, model)
+    print(f"attviz: explorer at http://{address or 'localhost'}:{port}/", file=sys.stderr)
+    server = pn.serve(
+        {"/": partial(create_app, list(inputs), model)},
+        port=port,
+        address=address,
+        show=show,
+        title="attviz",
+        threaded=threaded,
+        websocket_max_message_size=MAX_MESSAGE_BYTES,
+        http_server_kwargs={"max_buffer_size": MAX_MESSAGE_BYTES},
+        **kwargs,
+    )
+    return server if threaded else 0
+
+
+__all__ = ["create_app", "load_corpora", "serve", "warm"]

@@ -1,0 +1,282 @@
+"""The Explorer's param state: derived outputs by hand, what recomputes when, linking, actions."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import param
+import pytest
+import xarray as xr
+
+from attviz.corpus import Corpus, Document, attention_array, token_frame, vector_array
+from attviz.errors import InputError
+from attviz.explorer import Explorer, explore
+from attviz.live import LiveModel
+from attviz.views import View
+
+# Two layers, two heads, three tokens; rows sum to 1. Layer 1 is layer 0 reversed along key.
+A = np.array(
+    [
+        [
+            [[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.2, 0.2, 0.6]],  # layer 0, head 0
+            [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.1, 0.3, 0.6]],  # layer 0, head 1
+        ],
+        [
+            [[0.25, 0.25, 0.5], [0.0, 1.0, 0.0], [0.6, 0.2, 0.2]],
+            [[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.6, 0.3, 0.1]],
+        ],
+    ],
+    dtype=np.float32,
+)
+TOKENS = token_frame(["[CLS]", "cat", "[SEP]"], word=[-1, 0, -1], start=[0, 0, 3], end=[0, 3, 3], special=[1, 0, 1])
+
+
+def corpus_of(n: int = 2) -> Corpus:
+    docs = [
+        Document(
+            id=f"d{i}",
+            text="cat",
+            arrays={"self": attention_array(A if i == 0 else A[..., ::-1], TOKENS)},
+            label="pets",
+            prediction="pets" if i == 0 else "cars",
+            probabilities={"pets": 0.9, "cars": 0.1} if i == 0 else {"pets": 0.4, "cars": 0.6},
+        )
+        for i in range(n)
+    ]
+    return Corpus(docs, attrs={"name": "tiny"})
+
+
+@pytest.fixture
+def explorer() -> Explorer:
+    return Explorer(corpus_of(), head_reduction="head")
+
+
+def events_on(obj: param.Parameterized, names: list[str]) -> list[str]:
+    seen: list[str] = []
+    obj.param.watch(lambda *events: seen.extend(e.name for e in events), names)
+    return seen
+
+
+OUTPUTS = ["matrix", "layer_matrices", "head_vectors", "token_vector", "head_summary", "table", "document"]
+
+
+def test_outputs_are_the_hand_computed_slices(explorer):
+    assert explorer.source == "tiny" and explorer.doc_id == "d0"
+    assert explorer.param.layer.bounds == (0, 1) and explorer.param.head.bounds == (0, 1)
+    np.testing.assert_allclose(explorer.matrix.values, A[0, 0])
+    # attention received: mean over queries of each key column, for each head of layer 0
+    np.testing.assert_allclose(explorer.head_vectors.values, A[0].mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(explorer.token_vector.values, [0.7 / 3, 1.45 / 3, 0.85 / 3], rtol=1e-6)
+    explorer.param.update(layer=1, head=1)
+    np.testing.assert_allclose(explorer.matrix.values, A[1, 1])
+    explorer.head_reduction = "mean"
+    np.testing.assert_allclose(explorer.matrix.values, A[1].mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(explorer.token_vector.values, A[1].mean(axis=(0, 1)), rtol=1e-6)
+    explorer.head_reduction = "max"
+    np.testing.assert_allclose(explorer.token_vector.values, A[1].mean(axis=1).max(axis=0), rtol=1e-6)
+    assert explorer.head_summary.dims == ("layer", "head", "statistic")
+    assert list(explorer.table["id"]) == ["d0", "d1"] and explorer.message == ""
+
+
+def test_a_head_change_updates_each_dependent_exactly_once_and_nothing_else(explorer):
+    seen = events_on(explorer, OUTPUTS)
+    before = {name: explorer.computed(name) for name in ("attention", "head_vectors", "head_summary", "matrix")}
+    explorer.head = 1
+    assert sorted(seen) == ["matrix", "token_vector"]
+    assert explorer.computed("attention") == before["attention"]
+    assert explorer.computed("head_vectors") == before["head_vectors"]
+    assert explorer.computed("head_summary") == before["head_summary"]
+    assert explorer.computed("matrix") == before["matrix"] + 1
+    seen.clear()
+    explorer.head = 0  # back: served from the cache, still one event each
+    assert sorted(seen) == ["matrix", "token_vector"]
+    assert explorer.computed("matrix") == before["matrix"] + 1
+
+
+def test_a_head_change_under_a_head_reduction_changes_no_output(explorer):
+    explorer.head_reduction = "mean"
+    seen = events_on(explorer, OUTPUTS)
+    explorer.head = 1
+    assert seen == []
+
+
+def test_a_layer_change_recomputes_layer_outputs_but_not_the_document(explorer):
+    seen = events_on(explorer, OUTPUTS)
+    explorer.layer = 1
+    assert sorted(seen) == ["head_vectors", "layer_matrices", "matrix", "token_vector"]
+    assert explorer.computed("attention") == 1 and explorer.computed("head_summary") == 1
+
+
+def test_changing_the_token_vector_recomputes_only_what_depends_on_it(explorer):
+    seen = events_on(explorer, OUTPUTS)
+    matrices = explorer.computed("matrix")
+    explorer.vector = "diagonal"
+    assert sorted(seen) == ["head_vectors", "token_vector"]
+    assert explorer.computed("matrix") == matrices
+    np.testing.assert_allclose(explorer.token_vector.values, np.diagonal(A[0, 0]))
+
+
+def test_attention_from_follows_the_selected_token(explorer):
+    explorer.vector = "attention_from"
+    explorer.selected_token = 2
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 2])
+    seen = events_on(explorer, OUTPUTS)
+    explorer.selected_token = 1
+    assert sorted(seen) == ["head_vectors", "token_vector"]
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 1])
+    explorer.follow_selection = False
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 0])  # its own query (0)
+
+
+def test_a_selection_without_a_following_vector_changes_no_output(explorer):
+    seen = events_on(explorer, OUTPUTS)
+    explorer.selected_token = 1
+    assert seen == []
+
+
+def test_editing_the_aggregation_parameters_recomputes(explorer):
+    explorer.param.update(vector="attention_from", follow_selection=False)
+    explorer.vector_aggregation.query = -1
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 2])
+
+
+def test_opening_another_document_resets_the_selection(explorer):
+    explorer.selected_token = 2
+    explorer.doc_id = "d1"
+    assert explorer.selected_token is None
+    np.testing.assert_allclose(explorer.matrix.values, A[0, 0, :, ::-1])
+    explorer.step(1)
+    assert explorer.doc_id == "d0"
+
+
+def test_transforms_change_the_token_axis(explorer):
+    explorer.transform = "drop_special"
+    assert explorer.matrix.sizes == {"query": 1, "key": 1}
+    explorer.transform = "rollout"
+    assert "head" not in explorer.attention.dims and explorer.head_vectors.sizes["head"] == 1
+    np.testing.assert_allclose(explorer.matrix.values.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_a_failing_aggregation_is_a_message_not_a_crash(explorer):
+    explorer.param.update(vector="attention_from", follow_selection=False)
+    explorer.vector_aggregation.query = 99
+    assert "out of range" in explorer.message
+    explorer.vector_aggregation.query = 0
+    assert explorer.message == ""
+
+
+def test_legacy_vectors_are_shown_with_the_attviz_aggregates():
+    values = np.array([[0.1, 0.5], [0.3, 0.1], [0.2, 0.0]])
+    doc = Document(id="x", text="a b", arrays={"vectors": vector_array(values, token_frame(["a", "b"]), list("pqr"))})
+    explorer = Explorer(Corpus([doc]))
+    assert explorer.kind == "vectors" and explorer.matrix is None
+    assert explorer.head_vectors.dims == ("vector", "token")
+    np.testing.assert_allclose(explorer.token_vector.values, [0.2, 0.2])
+    explorer.head_reduction = "range"
+    np.testing.assert_allclose(explorer.token_vector.values, [0.2, 0.5])
+    explorer.head_reduction = "median"
+    assert "not available" in explorer.message
+
+
+class Linked(View):
+    description = "test view"
+    requires = ("matrix", "token_vector")
+    layer = param.Integer(default=0)
+    aggregate = param.Parameter()
+
+    def __panel__(self):
+        return None
+
+
+def test_views_get_their_input_and_stay_linked_both_ways(explorer):
+    first, second = Linked(), Linked()
+    explorer.connect(first)
+    explorer.connect(second)
+    assert first.data is explorer.matrix and first.aggregate is explorer.token_vector
+    first.selected_token = 2
+    assert explorer.selected_token == 2 and second.selected_token == 2
+    second.layer = 1
+    assert explorer.layer == 1 and first.layer == 1
+    np.testing.assert_allclose(first.data.values, A[1, 0])
+
+
+def test_only_active_views_are_updated_and_catch_up_when_shown(explorer):
+    shown, hidden = explorer.connect(Linked()), explorer.connect(Linked())
+    explorer.set_active([shown])
+    updates = events_on(hidden, ["data"])
+    explorer.head = 1
+    assert updates == [] and shown.data is explorer.matrix
+    explorer.set_active([shown, hidden])
+    assert updates == ["data"] and hidden.data is explorer.matrix
+
+
+def test_sessions_do_not_share_state():
+    corpus = corpus_of()
+    one, two = Explorer(corpus), Explorer(corpus)
+    one.param.update(doc_id="d1", layer=1, selected_token=2)
+    one.add_corpus("extra", corpus_of(1))
+    assert (two.doc_id, two.layer, two.selected_token) == ("d0", 0, None)
+    assert list(two.corpora) == ["tiny"] and list(one.corpora) == ["tiny", "extra"]
+
+
+def test_add_corpus_makes_names_unique_and_switches(explorer):
+    assert explorer.add_corpus("tiny", corpus_of(1)) == "tiny (2)"
+    assert explorer.source == "tiny (2)" and explorer.param.doc_id.objects == ["d0"]
+
+
+def test_a_bad_upload_names_the_file_and_keeps_the_session(explorer):
+    with pytest.raises(InputError, match="broken.json"):
+        explorer.add_file("broken.json", b'[{"text": "x", "tokens": 3}]')
+    with pytest.raises(InputError, match="empty"):
+        explorer.add_file("empty.nc", b"")
+    assert explorer.source == "tiny" and explorer.matrix is not None
+
+
+def test_a_zip_that_escapes_its_folder_is_refused(explorer):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("../evil.txt", "x")
+    with pytest.raises(InputError, match="outside its folder"):
+        explorer.add_file("evil.zip", buffer.getvalue())
+
+
+def test_a_zipped_store_and_an_exported_document_open_as_corpora(explorer, tmp_path):
+    store = corpus_of().save(tmp_path / "tiny.zarr")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for path in sorted((tmp_path / "tiny.zarr").rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(tmp_path))
+    name = explorer.add_file("tiny.zip", buffer.getvalue())
+    assert explorer.source == name == "tiny (2)" and len(store) == 2
+    np.testing.assert_allclose(explorer.matrix.values, A[0, 0], atol=1e-3)  # float16 on disk
+    explorer.doc_id = "d1"
+    name = explorer.add_file("d1.nc", explorer.export_document())
+    assert explorer.corpora[name].ids == ["d1"]
+    np.testing.assert_allclose(explorer.matrix.values, A[0, 0, :, ::-1], atol=1e-3)
+
+
+def test_comparison_matrix_follows_layer_and_head(explorer):
+    explorer.param.update(compare_source="tiny", compare_doc_id="d1", layer=1, head=1)
+    np.testing.assert_allclose(explorer.other_matrix.values, A[1, 1, :, ::-1])
+
+
+def test_live_input_adds_documents_to_the_session(tiny_bert):
+    model, tokenizer = tiny_bert
+    from attviz.models import prepare_model
+
+    live = LiveModel(loader=lambda: prepare_model(model, tokenizer, device="cpu"))
+    explorer = Explorer(corpus_of(), live_model=live)
+    assert explorer.run_live("The cat sat.") == "live-1"
+    assert explorer.source == "live" and explorer.document.text == "The cat sat."
+    assert explorer.run_live("A dog ran.") == "live-2"
+    assert explorer.corpora["live"].ids == ["live-1", "live-2"]
+    assert explorer.matrix.sizes["query"] == len(tokenizer("A dog ran.")["input_ids"])
+    assert isinstance(explorer.matrix, xr.DataArray)
+
+
+def test_explore_opens_paths_and_the_demo(tmp_path):
+    corpus_of().save(tmp_path / "tiny.zarr")
+    assert explore(str(tmp_path / "tiny.zarr")).source == "tiny.zarr"
