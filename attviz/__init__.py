@@ -14,6 +14,14 @@ def open_corpus(path: str) -> Corpus:
     return read(path)
 
 
+def explore(corpus=None, **params):
+    """An explorer on a Corpus, a path, several of them, or (None) the demo corpus; see
+    :func:`attviz.explorer.explore`. In Jupyter, run ``pn.extension("tabulator")`` first."""
+    from attviz.explorer import explore as _explore
+
+    return _explore(corpus, **params)
+
+
 def load_model(*args, **kwargs):
     """Load a model with eager attention; see :func:`attviz.models.load_model`."""
     from attviz.models import load_model as _load_model
@@ -30,6 +38,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "attention_array",
+    "explore",
     "extract",
     "from_tensors",
     "load_model",

@@ -14,10 +14,11 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
+import holoviews as hv
 import panel as pn
+from panel.theme.fast import Fast
 
 from attviz.corpus import Corpus
 from attviz.explorer import Explorer, _as_corpora
@@ -57,9 +58,22 @@ def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveMode
     return pn.state.as_cached(key, make)
 
 
+class OfflineFast(Fast):
+    """Panel's Fast design without its Google web font: the app makes no request outside its server.
+
+    (Named ``Fast`` below because Panel resolves a design's bundled files by its class name.)
+    """
+
+    _resources = {**Fast._resources, "font": {}}
+
+
+OfflineFast.__name__ = "Fast"
+
+
 def create_app(inputs: Sequence[str] = (), model: str | None = None, *, live: bool = True) -> Any:
     """One session's explorer in a FastListTemplate."""
     pn.extension(*EXTENSIONS, notifications=True)
+    hv.extension("bokeh", logo=False)
     corpora = load_corpora(inputs)
     explorer = Explorer(dict(corpora), live_model=live_model(corpora, model) if live else None)
     layout = ExplorerLayout(explorer)
@@ -70,6 +84,7 @@ def create_app(inputs: Sequence[str] = (), model: str | None = None, *, live: bo
         sidebar_width=340,
         accent="#F9822C",
         header_background="#2F4858",
+        design=OfflineFast,
     )
     template.explorer = explorer  # for tests and --setup scripts
     return template
@@ -102,8 +117,13 @@ def serve(
     """Serve the explorer on ``port`` (``inputs``: stores or files; none: the demo corpus)."""
     warm(inputs, model)
     print(f"attviz: explorer at http://{address or 'localhost'}:{port}/", file=sys.stderr)
+    inputs = list(inputs)
+
+    def app() -> Any:  # a function, so that Panel makes one explorer per session
+        return create_app(inputs, model)
+
     server = pn.serve(
-        {"/": partial(create_app, list(inputs), model)},
+        {"/": app},
         port=port,
         address=address,
         show=show,

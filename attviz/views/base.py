@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend, so views can set its options
 import pandas as pd
 import panel as pn
 import param
