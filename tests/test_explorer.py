@@ -227,7 +227,7 @@ def test_add_corpus_makes_names_unique_and_switches(explorer):
 
 
 def test_a_bad_upload_names_the_file_and_keeps_the_session(explorer):
-    with pytest.raises(InputError, match="broken.json"):
+    with pytest.raises(InputError, match=r"broken\.json"):
         explorer.add_file("broken.json", b'[{"text": "x", "tokens": 3}]')
     with pytest.raises(InputError, match="empty"):
         explorer.add_file("empty.nc", b"")
