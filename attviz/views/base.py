@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import holoviews as hv
 import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend, so views can set its options
 import pandas as pd
 import panel as pn
@@ -23,6 +24,9 @@ import param
 import xarray as xr
 
 from attviz.registry import register_validator
+
+if set(hv.Store.renderers) == {"bokeh"}:  # no other backend chosen by the user
+    hv.Store.set_current_backend("bokeh")  # builds the hv.opts.<Element> helpers without hv.extension()
 
 #: What a view can take as :attr:`View.data`.
 REQUIREMENTS: dict[str, str] = {

@@ -1,0 +1,177 @@
+"""The AttViz aggregate plot: the token vector as a line, with the spread across heads.
+
+The original AttViz "graph" view, fixed: the y axis autoscales (values above 1 stay visible), a log
+scale copes with zeros, the plot is linked to the text (selected token as a vertical line; a tap
+selects the nearest token) and the Bokeh save tool exports PNG, or SVG with ``backend="svg"``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import holoviews as hv
+import holoviews.plotting.bokeh  # registers the bokeh backend and its options
+import numpy as np
+import panel as pn
+import param
+import xarray as xr
+
+from attviz.views.base import View
+
+AGGREGATE_COLOR = "#F9822C"
+EXTREME_COLOR = "red"
+OTHER_COLOR = "grey"
+_TOOLTIPS = [
+    ("token", "@{token_text} (@{token})"),
+    ("value", "@value{0.000}"),
+    ("min", "@min{0.000}"),
+    ("max", "@max{0.000}"),
+]
+
+
+def log_floor(values: np.ndarray) -> float:
+    """The smallest positive value divided by 10 (1e-6 when nothing is positive): zeros are drawn there."""
+    values = np.asarray(values, dtype=np.float64)
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(positive.min() / 10) if positive.size else 1e-6
+
+
+def plot_frames(rows: np.ndarray, aggregate: np.ndarray, texts: list[str], scale: str) -> dict[str, Any]:
+    """The columns of the three series (aggregate line, min/max markers, every head) for one document.
+
+    ``rows`` is (heads × tokens). With ``scale="log"`` the plotted ``attention`` values are clipped below at
+    :func:`log_floor` (``value`` keeps the true numbers for the hover).
+    """
+    n = rows.shape[1]
+    x = np.arange(n)
+    with np.errstate(all="ignore"):
+        lo = np.nanmin(rows, axis=0) if len(rows) else aggregate
+        hi = np.nanmax(rows, axis=0) if len(rows) else aggregate
+    floor = log_floor(np.concatenate([rows.ravel(), aggregate])) if scale == "log" else None
+
+    def y(values: np.ndarray) -> np.ndarray:
+        return values if floor is None else np.maximum(np.nan_to_num(values, nan=floor), floor)
+
+    text = np.asarray(texts, dtype=object)
+    line = {"token": x, "attention": y(aggregate), "value": aggregate, "min": lo, "max": hi, "token_text": text}
+    extreme = {"token": np.concatenate([x, x]), "attention": y(np.concatenate([lo, hi]))}
+    other = {"token": np.tile(x, len(rows)), "attention": y(rows.ravel())}
+    return {"line": line, "extreme": extreme, "other": other, "floor": floor}
+
+
+class AggregatePlot(View):
+    """Attention per token as a line (the aggregate), with every head's value and the extremes."""
+
+    description = "Aggregate attention per token as a line, with the min/max and every head (AttViz graph)"
+    requires = ("token_vectors",)
+
+    aggregate = param.Parameter(default=None, doc="Token vector drawn as the line (from the explorer).")
+    scale = param.Selector(
+        default="linear", objects=["linear", "log"], doc="y axis: linear (autoscaled) or log (zeros at a floor)."
+    )
+    backend = param.Selector(
+        default="canvas", objects=["canvas", "svg"], doc="Bokeh output backend: the save tool gives PNG or SVG."
+    )
+    height = param.Integer(default=300, bounds=(150, 1200), doc="Plot height in pixels.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self._pipe = hv.streams.Pipe(data=self._frames())
+        self._selection = hv.streams.Params(parameterized=self, parameters=["selected_token"])
+        self._pane = pn.pane.HoloViews(self._build(), sizing_mode="stretch_width")
+        self._layout: pn.layout.Panel | None = None
+
+    def _frames(self) -> dict[str, Any]:
+        if self.data is None:
+            empty = np.zeros((0, 0))
+            return plot_frames(empty, np.zeros(0), [], self.scale)
+        data = self.data if self.data.ndim == 2 else self.data.expand_dims(vector=["value"])
+        data = data.transpose(next(d for d in data.dims if d != "token"), "token")
+        rows = np.asarray(data.values, dtype=np.float64)
+        agg = self.aggregate
+        if isinstance(agg, xr.DataArray) and agg.dims == ("token",) and agg.sizes["token"] == rows.shape[1]:
+            values = np.asarray(agg.values, dtype=np.float64)
+        else:  # standalone use without an explorer: the mean over the rows
+            values = np.nanmean(rows, axis=0) if len(rows) else np.zeros(rows.shape[1])
+        return plot_frames(rows, values, [str(t) for t in data["token_text"].values], self.scale)
+
+    def _ylabel(self, floor: float | None) -> str:
+        name = "attention"
+        for source in (self.aggregate, self.data):
+            if isinstance(source, xr.DataArray):
+                name = str(source.attrs.get("long_name") or source.name or name)
+                break
+        return name if floor is None else f"{name} (log; values ≤ {floor:.2g} drawn at {floor:.2g})"
+
+    def _series(self, kind: str, data: dict[str, Any]) -> hv.Element:
+        """One series, one glyph: faint heads ("other"), red extremes, or the orange aggregate line."""
+        y = hv.Dimension("attention", label=self._ylabel(data["floor"]))
+        if kind == "line":
+            vdims = [y, "value", "min", "max", "token_text"]
+            return hv.Curve(data["line"], "token", vdims, label="aggregate").opts(
+                color=AGGREGATE_COLOR, line_width=2, tools=["hover"], hover_tooltips=_TOOLTIPS, hover_mode="vline"
+            )
+        if kind == "extreme":
+            return hv.Scatter(data["extreme"], "token", y, label="extreme").opts(
+                color=EXTREME_COLOR, marker="triangle", size=5, alpha=0.8
+            )
+        return hv.Scatter(data["other"], "token", y, label="other").opts(color=OTHER_COLOR, alpha=0.25, size=3)
+
+    def _selected(self, selected_token: int | None) -> hv.VLine:
+        x = np.nan if selected_token is None else float(selected_token)
+        return hv.VLine(x, kdims=["token", "attention"]).opts(color="black", line_width=1.5, line_dash="dashed")
+
+    def _build(self) -> hv.DynamicMap:
+        """Three series fed by one Pipe, and the selection in its own DynamicMap (cheap to move)."""
+        series = {
+            kind: hv.DynamicMap(partial(self._series, kind), streams=[self._pipe]).opts(framewise=True)
+            for kind in ("other", "extreme", "line")
+        }
+        self._tap = hv.streams.Tap(source=series["line"])  # a tap anywhere selects the nearest token
+        self._tap.add_subscriber(self._on_tap)
+        selection = hv.DynamicMap(self._selected, streams=[self._selection])
+        return (series["other"] * series["extreme"] * series["line"] * selection).opts(
+            responsive=True,
+            height=self.height,
+            logy=self.scale == "log",
+            show_legend=True,
+            legend_position="top_right",
+            xlabel="token",
+            backend_opts={"plot.output_backend": self.backend},
+            backend="bokeh",
+        )
+
+    def _on_tap(self, x: float | None = None, y: float | None = None) -> None:
+        if x is None or self.data is None:
+            return
+        n = self.data.sizes["token"]
+        self.selected_token = int(np.clip(np.floor(x + 0.5), 0, max(n - 1, 0)))
+
+    @param.depends("data", "aggregate", watch=True)
+    def _send(self) -> None:
+        self._pipe.send(self._frames())
+        self._forget()
+
+    @param.depends("selected_token", watch=True)
+    def _forget(self) -> None:
+        """Drop the frame HoloViews keeps from the first render, so a later render shows the current state."""
+        self._pane.object.reset()
+
+    @param.depends("scale", "backend", "height", watch=True)
+    def _rebuild(self) -> None:
+        """An axis type, output backend or height cannot change in place: build the plot anew (rare)."""
+        self._pipe.data = self._frames()
+        self._pane.object = self._build()
+
+    def __panel__(self) -> pn.layout.Panel:
+        if self._layout is None:
+            controls = pn.Param(
+                self.param,
+                parameters=["scale", "backend"],
+                widgets={"scale": pn.widgets.RadioButtonGroup, "backend": pn.widgets.RadioButtonGroup},
+                default_layout=pn.Row,
+                show_name=False,
+            )
+            self._layout = pn.Column(controls, self._pane, sizing_mode="stretch_width")
+        return self._layout
