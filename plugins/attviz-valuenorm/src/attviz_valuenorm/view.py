@@ -69,10 +69,13 @@ class ValueNormBars(View):
             )
             for (column, label), width, alpha in zip(MEASURES.items(), (0.8, 0.4), (0.35, 0.9), strict=True)
         ]
-        query = "first query" if self.selected_token is None else f"query {self.selected_token}"
+        if self.data is None:
+            query = "no data: needs a matrix with value norms (attviz_valuenorm.attention_with_value_norms)"
+        else:
+            query = "first query" if self.selected_token is None else f"query {self.selected_token}"
         return hv.Overlay(bars).opts(
             hv.opts.Bars(
-                xticks=list(zip(frame["position"], frame["token"], strict=True)),
+                xticks=list(zip(frame["position"], frame["token"], strict=True)) or None,
                 xrotation=60,
                 tools=["hover"],
                 responsive=True,
