@@ -33,7 +33,16 @@ from attviz.corpus import MATRIX_KINDS, Corpus, Document
 from attviz.errors import AttvizError
 
 #: How the heads of a layer are combined for the matrix and the token vector ("head": the selected one).
-HEAD_REDUCTIONS = ("head", "mean", "max", "min", "median", "std", "range", "attviz_entropy")
+HEAD_REDUCTIONS = {
+    "selected head": "head",
+    "mean over heads": "mean",
+    "max over heads": "max",
+    "min over heads": "min",
+    "median over heads": "median",
+    "std over heads (population)": "std",
+    "range over heads (max − min)": "range",
+    "AttViz entropy (head disagreement)": "attviz_entropy",
+}
 #: The same reductions over the ``vector`` dim of legacy AttViz data (which has no heads).
 VECTOR_REDUCTIONS = {
     "mean": "attviz_mean",
@@ -44,7 +53,12 @@ VECTOR_REDUCTIONS = {
     "attviz_entropy": "attviz_entropy",
 }
 #: Transforms of the whole (layer, head, query, key) array before a layer/head is chosen.
-TRANSFORMS = ("none", "drop_special", "merge_words", "rollout")
+TRANSFORMS = {
+    "none": "none",
+    "drop special tokens": "drop_special",
+    "merge word pieces": "merge_words",
+    "attention rollout (Abnar & Zuidema)": "rollout",
+}
 #: Which derived output feeds each view requirement.
 OUTPUT_FOR = {
     "matrix": "matrix",
@@ -115,14 +129,14 @@ class Explorer(pn.viewable.Viewer):
     # -- how attention is reduced ----------------------------------------------------------------
     transform = param.Selector(
         default="none",
-        objects=list(TRANSFORMS),
+        objects=dict(TRANSFORMS),
         doc="Applied to all layers first: drop special tokens, merge word pieces, or attention rollout.",
     )
     layer = param.Integer(default=0, bounds=(0, 0), doc="The selected layer.")
     head = param.Integer(default=0, bounds=(0, 0), doc="The selected head (or legacy vector).")
     head_reduction = param.Selector(
         default="mean",
-        objects=list(HEAD_REDUCTIONS),
+        objects=dict(HEAD_REDUCTIONS),
         doc="How the heads of the layer are combined for the matrix and the token colours; 'head': the selected one.",
     )
     vector = param.Selector(
@@ -203,7 +217,8 @@ class Explorer(pn.viewable.Viewer):
         self._upload_dir: tempfile.TemporaryDirectory | None = None
         corpora = _as_corpora(corpus) if corpus is not None else dict(params.pop("corpora", {}) or {})
         super().__init__(**params)
-        self.param.vector.objects = list(token_vector_aggregations()) or ["attention_received"]
+        vectors = {f"{description} ({name})": name for name, description in token_vector_aggregations().items()}
+        self.param.vector.objects = vectors or {"attention received": "attention_received"}
         self.param.watch(self._on_change, list(self._INPUTS))
         self.param.watch(self._on_heads, ["heads"])
         self._agg_watcher = None
