@@ -152,7 +152,10 @@ class Explorer(pn.viewable.Viewer):
     )
     heads = param.List(default=[], item_type=int, doc="Heads shown in multi-head displays (empty: all).")
     selected_token = param.Integer(
-        default=None, allow_None=True, doc="Index of the selected token on the current token axis (None: none)."
+        default=None,
+        allow_None=True,
+        doc="Position of the selected token on the current token axis (None: none); after a transform the "
+        "tokens are numbered 0..n-1 again.",
     )
 
     # -- comparison --------------------------------------------------------------------------------
@@ -349,9 +352,12 @@ class Explorer(pn.viewable.Viewer):
             array = array.load() if array.chunks is not None else array
             if transform == "none":
                 return array
-            if transform == "rollout":
-                return aggregations.get("rollout")(array).astype(np.float32)
-            return aggregations.get(transform)(array).astype(np.float32)
+            array = aggregations.get(transform)(array).astype(np.float32)
+            # Number the (possibly fewer) tokens 0..n-1, so that a token's position on the axis is
+            # also its index: every view and selection then agrees after a transform.
+            return array.assign_coords(
+                {dim: np.arange(array.sizes[dim], dtype=np.int32) for dim in ("query", "key") if dim in array.dims}
+            )
 
         return self._cached("attention", key, compute)
 
