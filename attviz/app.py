@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import holoviews as hv
 import panel as pn
@@ -64,7 +64,7 @@ class OfflineFast(Fast):
     (Named ``Fast`` below because Panel resolves a design's bundled files by its class name.)
     """
 
-    _resources = {**Fast._resources, "font": {}}
+    _resources: ClassVar[dict[str, Any]] = {**Fast._resources, "font": {}}
 
 
 OfflineFast.__name__ = "Fast"

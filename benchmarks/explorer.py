@@ -31,9 +31,7 @@ def long_corpus(tokens: int) -> Corpus:
     from attviz.extract import extract
 
     text = " ".join(r["text"] for r in demo_records())
-    return extract(
-        [text], ids=["long"], max_length=tokens, label_descriptions=label_descriptions(), progress=False
-    )
+    return extract([text], ids=["long"], max_length=tokens, label_descriptions=label_descriptions(), progress=False)
 
 
 def server_side(corpus: Corpus, rounds: int) -> dict[str, float]:
@@ -121,9 +119,12 @@ _DEEP = """(selector) => {
   return out;
 }"""
 # Stamp the key press and the first change of any token span's style after it.
-_ARM = """() => {
+_ARM = (
+    """() => {
   window.__attvizDone = undefined;
-  const deep = """ + _DEEP + """;
+  const deep = """
+    + _DEEP
+    + """;
   const colours = () => deep('.attviz-token').map(s => s.style.backgroundColor).join('|');
   const before = colours();
   document.addEventListener('keydown', () => { window.__attvizStart = performance.now(); },
@@ -133,6 +134,7 @@ _ARM = """() => {
   };
   requestAnimationFrame(check);
 }"""
+)
 
 
 def main() -> None:

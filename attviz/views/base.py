@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import holoviews as hv
-import holoviews.plotting.bokeh  # noqa: F401 - registers the Bokeh backend, so views can set its options
+import holoviews.plotting.bokeh  # registers the Bokeh backend, so views can set its options
 import pandas as pd
 import panel as pn
 import param
