@@ -95,6 +95,23 @@ def warm(inputs: Sequence[str] = (), model: str | None = None) -> None:
     corpora = load_corpora(inputs)
     live = live_model(corpora, model)
     threading.Thread(target=_try_load, args=(live,), daemon=True, name="attviz-model").start()
+    threading.Thread(target=warm_rasterizer, daemon=True, name="attviz-datashader").start()
+
+
+def warm_rasterizer() -> None:
+    """Render one rasterised matrix, so that datashader compiles (~2 s) before a visitor needs it."""
+    try:
+        import numpy as np
+        from bokeh.document import Document as BokehDocument
+
+        from attviz.corpus import attention_array, token_frame
+        from attviz.views.matrix import MatrixView
+
+        n = 300
+        matrix = attention_array(np.full((1, 1, n, n), 1.0 / n, np.float32), token_frame([str(i) for i in range(n)]))
+        pn.panel(MatrixView(data=matrix.isel(layer=0, head=0))).get_root(BokehDocument())
+    except Exception as exc:  # only a speed-up
+        print(f"attviz serve: datashader warm-up failed: {exc}", file=sys.stderr)
 
 
 def _try_load(live: LiveModel) -> None:
