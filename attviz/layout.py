@@ -97,23 +97,23 @@ class ExplorerLayout:
     def _controls(self) -> pn.Column:
         e = self.explorer
         p = e.param
-        source = pn.widgets.Select.from_param(p.source, name="Corpus", sizing_mode="stretch_width")
+        source = pn.widgets.Select.from_param(p.source, label="Corpus", sizing_mode="stretch_width")
         source.visible = len(e.corpora) > 1
         e.param.watch(lambda *_: setattr(source, "visible", len(e.corpora) > 1), ["corpora"])
-        doc = pn.widgets.Select.from_param(p.doc_id, name="Document", sizing_mode="stretch_width")
-        back = pn.widgets.Button(name="◀", width=40, description="Previous document")
-        forward = pn.widgets.Button(name="▶", width=40, description="Next document")
+        doc = pn.widgets.Select.from_param(p.doc_id, label="Document", sizing_mode="stretch_width")
+        back = pn.widgets.Button(label="◀", width=40, description="Previous document")
+        forward = pn.widgets.Button(label="▶", width=40, description="Next document")
         back.on_click(lambda *_: e.step(-1))
         forward.on_click(lambda *_: e.step(1))
-        kind = pn.widgets.RadioButtonGroup.from_param(p.kind, name="Attention", button_type="light")
+        kind = pn.widgets.RadioButtonGroup.from_param(p.kind, label="Attention", color="light")
         kind.visible = len(p.kind.objects) > 1
         e.param.watch(lambda *_: setattr(kind, "visible", len(e.param.kind.objects) > 1), ["doc_id", "source"])
-        layer = pn.widgets.IntSlider.from_param(p.layer, name="Layer", sizing_mode="stretch_width")
-        head = pn.widgets.IntSlider.from_param(p.head, name="Head", sizing_mode="stretch_width")
-        reduction = pn.widgets.Select.from_param(p.head_reduction, name="Combine heads", sizing_mode="stretch_width")
-        vector = pn.widgets.Select.from_param(p.vector, name="Token colour", sizing_mode="stretch_width")
-        transform = pn.widgets.Select.from_param(p.transform, name="Transform", sizing_mode="stretch_width")
-        follow = pn.widgets.Checkbox.from_param(p.follow_selection, name="Attention from follows the selected token")
+        layer = pn.widgets.IntSlider.from_param(p.layer, label="Layer", sizing_mode="stretch_width")
+        head = pn.widgets.IntSlider.from_param(p.head, label="Head", sizing_mode="stretch_width")
+        reduction = pn.widgets.Select.from_param(p.head_reduction, label="Combine heads", sizing_mode="stretch_width")
+        vector = pn.widgets.Select.from_param(p.vector, label="Token colour", sizing_mode="stretch_width")
+        transform = pn.widgets.Select.from_param(p.transform, label="Transform", sizing_mode="stretch_width")
+        follow = pn.widgets.Checkbox.from_param(p.follow_selection, label="Attention from follows the selected token")
         settings = pn.Column(sizing_mode="stretch_width")
 
         def show_settings(*_: Any) -> None:
@@ -124,7 +124,7 @@ class ExplorerLayout:
         e.param.watch(show_settings, ["vector_aggregation"])
         show_settings()
         selected = pn.pane.HTML(sizing_mode="stretch_width")
-        clear = pn.widgets.Button(name="Clear selection", button_type="light", width=120)
+        clear = pn.widgets.Button(label="Clear selection", color="light", width=120)
         clear.on_click(lambda *_: setattr(e, "selected_token", None))
 
         def show_selected(*_: Any) -> None:
@@ -133,8 +133,8 @@ class ExplorerLayout:
         e.param.watch(show_selected, ["selected_token", "head_vectors"])
         show_selected()
         compare = pn.Card(
-            pn.widgets.Select.from_param(p.compare_source, name="Corpus", sizing_mode="stretch_width"),
-            pn.widgets.Select.from_param(p.compare_doc_id, name="Document", sizing_mode="stretch_width"),
+            pn.widgets.Select.from_param(p.compare_source, label="Corpus", sizing_mode="stretch_width"),
+            pn.widgets.Select.from_param(p.compare_doc_id, label="Document", sizing_mode="stretch_width"),
             title="Compare with",
             collapsed=True,
             sizing_mode="stretch_width",
@@ -161,9 +161,9 @@ class ExplorerLayout:
     def _live_card(self) -> pn.Card:
         e = self.explorer
         text = pn.widgets.TextAreaInput(
-            name="Text", placeholder="Type or paste a text…", height=110, sizing_mode="stretch_width"
+            label="Text", placeholder="Type or paste a text…", height=110, sizing_mode="stretch_width"
         )
-        run = pn.widgets.Button(name="Run model", button_type="primary")
+        run = pn.widgets.Button(label="Run model", color="primary")
         spinner = pn.indicators.LoadingSpinner(value=False, size=24, visible=False)
         status = pn.pane.HTML(sizing_mode="stretch_width")
         available = e.live_model is not None
@@ -222,10 +222,10 @@ class ExplorerLayout:
             return io.BytesIO(e.export_corpus())
 
         doc = pn.widgets.FileDownload(
-            callback=document_file, filename="document.nc", label="Document (.nc)", button_type="light"
+            callback=document_file, filename="document.nc", label="Document (.nc)", color="light"
         )
         corpus = pn.widgets.FileDownload(
-            callback=corpus_file, filename="corpus.nc", label="Corpus (.nc)", button_type="light"
+            callback=corpus_file, filename="corpus.nc", label="Corpus (.nc)", color="light"
         )
         e.param.watch(lambda *_: setattr(doc, "filename", f"{_safe(e.doc_id)}.nc"), ["doc_id"])
         e.param.watch(lambda *_: setattr(corpus, "filename", f"{_safe(e.source)}.nc"), ["source"])
