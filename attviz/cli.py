@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,6 +74,23 @@ def _parser() -> argparse.ArgumentParser:
         help="output: DIR.zarr (store), FILE.nc (netCDF) or FILE.json (original AttViz format, vectors only)",
     )
     p.add_argument("--reader", default=None, help="reader plugin name (default: guess)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    p = sub.add_parser(
+        "export",
+        help="write a self-contained interactive HTML page (works offline, no server)",
+        description="Write one HTML file with the attention of some documents: switch document, layer, head "
+        "and mean/max over heads, hover, click a token; all client-side, quantised to uint8 per row.",
+    )
+    p.add_argument("input", help="store or file to export (anything `attviz info` reads)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--doc", action="append", default=None, metavar="ID", help="a document to export (repeatable)")
+    p.add_argument("--views", default="text,matrix,predictions", help="comma-separated: text, matrix, predictions")
+    p.add_argument("--max-tokens", type=int, default=2048, help="longest document part exported (default 2048)")
+    p.add_argument("--window", default=None, metavar="START:STOP", help="token window of long documents")
+    p.add_argument("--layers", default=None, help="comma-separated layer positions to keep (default all)")
+    p.add_argument("--heads", default=None, help="comma-separated head positions to keep (default all)")
+    p.add_argument("--title", default=None, help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     p = sub.add_parser(
@@ -188,6 +206,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from attviz.export import export_html
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise AttvizError(f"{out} already exists; pass --overwrite to replace it")
+
+    def ints(text: str | None, what: str) -> list[int] | None:
+        if text is None:
+            return None
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise AttvizError(f"--{what} takes comma-separated integers, not {text!r}") from None
+
+    window = None
+    if args.window:
+        parts = ints(args.window.replace(":", ","), "window")
+        if not parts or len(parts) != 2:
+            raise AttvizError(f"--window takes START:STOP, not {args.window!r}")
+        window = (parts[0], parts[1])
+    start = time.perf_counter()
+    html = export_html(
+        args.input,
+        out,
+        doc_ids=args.doc,
+        views=[v.strip() for v in args.views.split(",") if v.strip()],
+        max_tokens=args.max_tokens,
+        window=window,
+        layers=ints(args.layers, "layers"),
+        heads=ints(args.heads, "heads"),
+        title=args.title,
+    )
+    size = len(html.encode("utf-8"))
+    print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from attviz import registry
 
@@ -218,6 +274,7 @@ COMMANDS = {
     "extract": _extract,
     "info": _info,
     "convert": _convert,
+    "export": _export,
     "plugins": _plugins,
     "demo": _demo,
     "serve": _serve,

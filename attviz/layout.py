@@ -91,7 +91,8 @@ class ExplorerLayout:
         notes = pn.pane.Alert(
             "<br>".join(html.escape(p) for p in self.problems), alert_type="warning", visible=bool(self.problems)
         )
-        return pn.Column(message, notes, *header, self.tabs, sizing_mode="stretch_width")
+        prediction = pn.Card(*header, title="Prediction", collapsed=False, sizing_mode="stretch_width")
+        return pn.Column(message, notes, prediction, self.tabs, sizing_mode="stretch_width")
 
     # -- controls -------------------------------------------------------------------------------
     def _controls(self) -> pn.Column:
