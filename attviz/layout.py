@@ -35,7 +35,11 @@ UPLOAD_TYPES = ".zip,.nc,.nc4,.h5,.json,.npz,.safetensors"
 def build_views(explorer: Explorer) -> tuple[dict[str, Any], list[str]]:
     """One instance of every working view plugin, connected to ``explorer``; and the problems."""
     views, problems = {}, []
-    for name, cls in sorted(registry.plugins("views").items()):
+    # Cheap views first: the explorer updates them in this order, so the text recolours before plots redraw.
+    order = [*HEADER_VIEWS, *(n for names in TABS.values() for n in names)]
+    found = registry.plugins("views")
+    names = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    for name, cls in ((n, found[n]) for n in names):
         try:
             views[name] = explorer.connect(cls())
         except Exception as exc:  # a broken view plugin must not break the app
