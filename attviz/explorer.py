@@ -338,7 +338,31 @@ class Explorer(pn.viewable.Viewer):
         corpus = self._corpus(source)
         if corpus is None or doc_id is None or doc_id not in corpus.ids:
             return None
-        return corpus[doc_id]
+        doc = corpus[doc_id]
+        if doc.has_matrices or "vectors" in doc.kinds or not self._can_recompute(corpus):
+            return doc
+        return self._cached("recomputed", (source, id(corpus), doc_id), lambda: self._recompute(doc))
+
+    def _can_recompute(self, corpus: Corpus) -> bool:
+        """Matrices on demand only with the model that made the corpus (same tokens, same attention)."""
+        model = corpus.attrs.get("model")
+        return self.live_model is not None and bool(model) and str(model) == self.live_model.name
+
+    def _recompute(self, doc: Document) -> Document:
+        """``doc`` with its attention matrices recomputed by the live model (the store keeps none)."""
+        extracted = self.live_model([doc.text], [doc.id])[0]
+        return Document(
+            id=doc.id,
+            text=doc.text,
+            arrays={**doc.arrays, **{k: extracted.get(k) for k in extracted.kinds}},
+            label=doc.label,
+            prediction=doc.prediction,
+            probabilities=doc.probabilities,
+            target=doc.target,
+            source_id=doc.source_id,
+            source_start=doc.source_start,
+            meta={**doc.meta, "recomputed": self.live_model.name},
+        )
 
     def _attention(self, doc: Document, kind: str, transform: str) -> xr.DataArray | None:
         """The document's attention of ``kind`` in float32, transformed (cached)."""
@@ -616,6 +640,15 @@ class Explorer(pn.viewable.Viewer):
         if self.document is None:
             raise AttvizError("no document is open")
         return _netcdf_bytes(Corpus([self.document], attrs=self._corpus(self.source).attrs))
+
+    def export_page(self) -> str:
+        """The current document as a self-contained interactive HTML page (see :func:`attviz.export.export_html`)."""
+        from attviz.export import export_html
+
+        if self.document is None:
+            raise AttvizError("no document is open")
+        corpus = Corpus([self.document], attrs=self._corpus(self.source).attrs)
+        return export_html(corpus, title=f"attviz: {self.doc_id}")
 
     def export_corpus(self) -> bytes:
         """The current corpus (with any live documents) as a netCDF file (bytes)."""

@@ -226,17 +226,28 @@ class ExplorerLayout:
         def corpus_file() -> io.BytesIO:
             return io.BytesIO(e.export_corpus())
 
+        def page_file() -> io.StringIO:
+            return io.StringIO(e.export_page())
+
         doc = pn.widgets.FileDownload(
             callback=document_file, filename="document.nc", label="Document (.nc)", color="light"
+        )
+        page = pn.widgets.FileDownload(
+            callback=page_file, filename="document.html", label="Interactive page (.html)", color="light"
         )
         corpus = pn.widgets.FileDownload(
             callback=corpus_file, filename="corpus.nc", label="Corpus (.nc)", color="light"
         )
         e.param.watch(lambda *_: setattr(doc, "filename", f"{_safe(e.doc_id)}.nc"), ["doc_id"])
+        e.param.watch(lambda *_: setattr(page, "filename", f"{_safe(e.doc_id)}.html"), ["doc_id"])
         e.param.watch(lambda *_: setattr(corpus, "filename", f"{_safe(e.source)}.nc"), ["source"])
         doc.filename, corpus.filename = f"{_safe(e.doc_id)}.nc", f"{_safe(e.source)}.nc"
-        hint = pn.pane.HTML("<small>Plots: the toolbar's save tool writes PNG (SVG where a view offers it).</small>")
-        return pn.Card(doc, corpus, hint, title="Export", collapsed=True, sizing_mode="stretch_width")
+        page.filename = f"{_safe(e.doc_id)}.html"
+        hint = pn.pane.HTML(
+            "<small>The page works offline, without a server (layer, head, mean/max, token selection). "
+            "Plots: the toolbar's save tool writes PNG (SVG where a view offers it).</small>"
+        )
+        return pn.Card(page, doc, corpus, hint, title="Export", collapsed=True, sizing_mode="stretch_width")
 
     def panel(self) -> pn.Row:
         """The plain layout: controls on the left, views on the right (works inline in Jupyter)."""

@@ -280,3 +280,26 @@ def test_live_input_adds_documents_to_the_session(tiny_bert):
 def test_explore_opens_paths_and_the_demo(tmp_path):
     corpus_of().save(tmp_path / "tiny.zarr")
     assert explore(str(tmp_path / "tiny.zarr")).source == "tiny.zarr"
+
+
+def test_a_document_without_matrices_is_recomputed_with_the_same_model(tiny_bert):
+    model, tokenizer = tiny_bert
+    from attviz.models import prepare_model
+
+    live = LiveModel("tiny", loader=lambda: prepare_model(model, tokenizer, device="cpu"))
+    kept = Document(id="kept", text="The cat sat.", label="pets")  # e.g. a store with a token-level policy
+    explorer = Explorer(Corpus([kept], attrs={"name": "light", "model": "tiny"}), live_model=live)
+    assert explorer.document.meta["recomputed"] == "tiny" and explorer.document.label == "pets"
+    assert explorer.matrix.sizes["query"] == len(tokenizer("The cat sat.")["input_ids"])
+    assert explorer.computed("recomputed") == 1
+    explorer.layer = 1
+    assert explorer.computed("recomputed") == 1  # cached, not run again
+    other_model = Explorer(Corpus([kept], attrs={"name": "light", "model": "another"}), live_model=live)
+    assert other_model.matrix is None and other_model.computed("recomputed") == 0
+
+
+def test_the_current_document_exports_as_an_offline_page(explorer):
+    explorer.doc_id = "d1"
+    page = explorer.export_page()
+    assert "attviz-manifest" in page and '"d1"' in page and '"d0"' not in page
+    assert "<script src=" not in page

@@ -1,0 +1,159 @@
+"""Static HTML export: one self-contained page that explores attention offline, without a server.
+
+>>> import attviz
+>>> from attviz.export import export_html
+>>> html = export_html("corpus.zarr", "page.html", doc_ids=["world-01", "sports-02"])  # doctest: +SKIP
+
+The page inlines Bokeh's JavaScript and carries each document's attention quantised to uint8 per row
+(see :mod:`attviz.export.payload` for the format and the error bound); the browser decodes one layer
+at a time and computes heads, the mean and the maximum over heads itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from attviz.corpus import Corpus, Document
+from attviz.errors import InputError
+from attviz.export.page import render_page
+from attviz.export.payload import ENCODINGS, decode_layer, document_payload, quantize_rows
+
+VIEWS = ("text", "matrix", "predictions")
+__all__ = ["VIEWS", "decode_layer", "export_html", "quantize_rows", "write_atomic"]
+
+
+def export_html(
+    corpus_or_path: Corpus | Document | str | os.PathLike,
+    path: str | os.PathLike | None = None,
+    *,
+    doc_ids: Iterable[str | int] | None = None,
+    views: Sequence[str] = VIEWS,
+    max_tokens: int = 2048,
+    title: str | None = None,
+    window: tuple[int, int] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    max_bytes: int = 64 * 2**20,
+    max_page_bytes: int = 100 * 2**20,
+    max_documents: int = 200,
+    compress: bool = True,
+) -> str:
+    """Write one self-contained HTML page (inline JS/CSS, no network) and return its text.
+
+    corpus_or_path: a :class:`~attviz.Corpus`, a :class:`~attviz.Document`, or anything
+        :func:`attviz.read` opens. ``path``: where to write the page (atomically); None only returns it.
+    doc_ids: documents to export (ids or positions); None: all, up to ``max_documents`` (a note says so).
+    views: which panels the page has, any of ``"text"``, ``"matrix"``, ``"predictions"``.
+    max_tokens: the most tokens exported of a document; longer ones are cut to ``window``
+        (``(start, stop)`` token positions; default the first ``max_tokens``), and the page says so.
+    layers, heads: export only these layer / head positions (the mean and max are then over these heads).
+    max_bytes: quantised bytes a document may take before compression; beyond it evenly spaced layers
+        (the first and the last among them) are exported, and the page says which.
+    max_page_bytes: encoded attention the page may hold; the documents after the one that passes it
+        are left out (a note says how many). ``max_documents`` caps the count when ``doc_ids`` is None.
+    compress: deflate the payload (the page inflates it with the browser's ``DecompressionStream``).
+    """
+    views = tuple(views)
+    if unknown := [v for v in views if v not in VIEWS]:
+        raise InputError(f"unknown view(s) {', '.join(map(repr, unknown))}", expected=f"some of {', '.join(VIEWS)}")
+    if max_tokens < 1:
+        raise InputError(f"max_tokens must be positive, not {max_tokens}")
+    corpus = _as_corpus(corpus_or_path)
+    documents, notes = _pick_documents(corpus, doc_ids, max_documents)
+    if not documents:
+        raise InputError("the corpus holds no documents to export")
+    encoding = ENCODINGS[0] if compress else ENCODINGS[1]
+    with_attention = "text" in views or "matrix" in views
+    entries, blobs, max_error, size = [], {}, 0.0, 0
+    for index, doc in enumerate(documents):
+        if size > max_page_bytes:
+            notes.append(
+                f"Only the first {_count(index, 'document')} of {len(documents):,} are exported: the page holds "
+                f"at most {max_page_bytes / 2**20:.0f} MiB of attention (max_page_bytes)."
+            )
+            break
+        payload = document_payload(
+            doc,
+            index,
+            max_tokens=max_tokens,
+            window=window,
+            layers=layers,
+            heads=heads,
+            max_bytes=max_bytes,
+            encoding=encoding,
+            attention=with_attention,
+        )
+        entries.append(payload.entry)
+        blobs.update(payload.blobs)
+        size += sum(map(len, payload.blobs.values()))
+        max_error = max(max_error, payload.max_error)
+    if blobs:
+        notes.append(
+            "Attention is stored as 8-bit integers per row with a float32 scale (the row's maximum / 255): every "
+            f"value shown is within half a step of the model's, at most {max_error:.3g} here (≤ 1/510 ≈ 0.00196 "
+            "whenever weights are ≤ 1); means and maxima over heads keep that bound."
+        )
+    from attviz import __version__
+
+    model = corpus.attrs.get("model")
+    if title is None:
+        title = "attviz" + (f" — {model}" if model else "") + f" — {_count(len(entries), 'document')}"
+    elif model:
+        notes.insert(0, f"Model: {model}.")
+    manifest = {"version": __version__, "encoding": encoding, "max_error": max_error, "docs": entries}
+    page = render_page(title=title, manifest=manifest, blobs=blobs, views=views, notes=notes)
+    if path is not None:
+        write_atomic(path, page)
+    return page
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder (no partial file is left)."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it 0600; a page is meant to be shared
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _as_corpus(source: Any) -> Corpus:
+    if isinstance(source, Corpus):
+        return source
+    if isinstance(source, Document):
+        return Corpus([source])
+    from attviz.readers import read
+
+    return read(source)
+
+
+def _pick_documents(
+    corpus: Corpus, doc_ids: Iterable[str | int] | None, max_documents: int
+) -> tuple[list[Document], list[str]]:
+    if doc_ids is None:
+        chosen = list(range(min(len(corpus), max_documents)))
+        notes = [] if len(chosen) == len(corpus) else [f"The first {len(chosen)} of {len(corpus):,} documents."]
+        return [corpus[i] for i in chosen], notes
+    documents = []
+    for key in doc_ids:
+        try:
+            documents.append(corpus[key])
+        except (KeyError, IndexError) as error:
+            raise InputError(f"no document {key!r} in the corpus", field="doc_ids") from error
+    if not documents:
+        raise InputError("no documents to export", field="doc_ids")
+    return documents, []
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -1,0 +1,248 @@
+"""What an exported page carries per document: quantised attention and the token layout.
+
+Payload format (one ``<script type="application/octet-stream">`` element per document and layer,
+its text base64): the bytes of ``scales`` (float32, little-endian, ``heads × queries``) followed by
+``q`` (uint8, ``heads × queries × keys``, C order), deflated (zlib container, what the browser's
+``DecompressionStream("deflate")`` reads) when the page's encoding is ``"deflate"``. A value is
+``q × scale`` of its row, with ``scale = row maximum / 255``, so it differs from the stored attention
+by at most ``scale / 2`` (≤ 1/510 for rows whose maximum is ≤ 1). :func:`decode_layer` reads it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from attviz.corpus import Document, tokens_of
+
+LEVELS = 255
+ENCODINGS = ("deflate", "raw")
+
+
+def quantize_rows(values: Any, block: int = 2**20) -> tuple[np.ndarray, np.ndarray]:
+    """Quantise the last axis of ``values`` to uint8 per row: ``(q, scale)`` with ``values ≈ q × scale``.
+
+    ``scale`` (float32, one per row) is the row maximum / 255, and ``q = round(value / scale)``, so
+    ``|q × scale − value| ≤ scale / 2``. NaN and negative values count as 0. Works through ``block``
+    values at a time (fast in cache, little memory for big matrices).
+    """
+    values = np.asarray(values)
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint8), np.zeros(values.shape[:-1], np.float32)
+    flat = values.reshape(-1, values.shape[-1])
+    q = np.empty(flat.shape, np.uint8)
+    scale = np.empty(flat.shape[0], np.float32)
+    step = max(1, block // max(flat.shape[1], 1))
+    for start in range(0, flat.shape[0], step):
+        x = np.array(flat[start : start + step], dtype=np.float32)
+        np.fmax(x, 0, out=x)  # NaN and negatives → 0
+        top = x.max(axis=1, initial=0.0) / np.float32(LEVELS)
+        x *= np.divide(np.float32(1), top, out=np.zeros_like(top), where=top > 0)[:, None]
+        x += np.float32(0.5)  # x ≤ 255.5, so truncation rounds to 0..255
+        np.copyto(q[start : start + step], x, casting="unsafe")
+        scale[start : start + step] = top
+    return q.reshape(values.shape), scale.reshape(values.shape[:-1])
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 values a page shows for ``q`` and ``scale`` (what the browser computes)."""
+    return (q * scale[..., None].astype(np.float64)).astype(np.float32)
+
+
+def encode_layer(q: np.ndarray, scale: np.ndarray, encoding: str = "deflate") -> str:
+    """One layer's payload as base64 text (see the module docstring for the byte layout)."""
+    raw = np.ascontiguousarray(scale, dtype="<f4").tobytes() + np.ascontiguousarray(q, dtype=np.uint8).tobytes()
+    if encoding == "deflate":
+        # Z_RLE: as small as the default strategy on attention (long runs of small values), 5× faster.
+        packer = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        raw = packer.compress(raw) + packer.flush()
+    elif encoding != "raw":
+        raise ValueError(f"unknown encoding {encoding!r} (expected one of {ENCODINGS})")
+    return base64.b64encode(raw).decode("ascii")
+
+
+def decode_layer(text: str, n_heads: int, n_query: int, n_key: int, encoding: str = "deflate") -> np.ndarray:
+    """Decode one layer's payload text into float32 values ``(heads, queries, keys)``."""
+    raw = base64.b64decode(text)
+    if encoding == "deflate":
+        raw = zlib.decompress(raw)
+    expected = n_heads * n_query * (4 + n_key)
+    if len(raw) != expected:
+        raise ValueError(f"payload holds {len(raw)} bytes, expected {expected}")
+    split = 4 * n_heads * n_query
+    scale = np.frombuffer(raw[:split], dtype="<f4").reshape(n_heads, n_query)
+    q = np.frombuffer(raw[split:], dtype=np.uint8).reshape(n_heads, n_query, n_key)
+    return dequantize(q, scale)
+
+
+# -- what is exported of a document ------------------------------------------------------------
+def pick_window(n: int, max_tokens: int, window: tuple[int, int] | None) -> tuple[int, int]:
+    """The token range ``[start, stop)`` exported of an ``n``-token document (at most ``max_tokens``)."""
+    if window is not None:
+        start = min(max(int(window[0]), 0), n)
+        stop = min(max(int(window[1]), start), n)
+        if stop > start:
+            return start, min(stop, start + max_tokens)
+    return 0, min(n, max_tokens)
+
+
+def pick_layers(n_layers: int, layer_bytes: int, max_bytes: int) -> list[int]:
+    """Layer indices that fit ``max_bytes``: all, or evenly spaced ones with the first and the last."""
+    fit = max(1, max_bytes // max(layer_bytes, 1))
+    if fit >= n_layers:
+        return list(range(n_layers))
+    if fit == 1:
+        return [0]
+    return sorted({round(float(i)) for i in np.linspace(0, n_layers - 1, fit)})
+
+
+@dataclass
+class TextLayout:
+    """The original text around each token of a window: ``gaps[i]`` precedes token ``i``."""
+
+    labels: list[str] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+    badges: list[bool] = field(default_factory=list)
+    tail: str = ""
+
+
+def text_layout(tokens: pd.DataFrame, text: str, start: int, stop: int) -> TextLayout:
+    """Labels and in-between text of tokens ``start..stop-1`` from their character offsets.
+
+    Like :func:`attviz.views.text.layout_units` at token level: a label is ``text[start:end]`` (the
+    part not already shown by an overlapping token), special and empty tokens are badges, and without
+    usable offsets (legacy data) the token strings are joined by spaces.
+    """
+    ends, begins = tokens["end"].to_numpy(), tokens["start"].to_numpy()
+    raw, special = tokens["text"].tolist(), tokens["special"].to_numpy()
+    usable = bool(text) and len(tokens) > 0 and 0 < ends.max() <= len(text) and bool((begins <= ends).all())
+    out = TextLayout()
+    cursor = 0 if start == 0 else None
+    for i in range(start, stop):
+        badge = bool(special[i] or (usable and begins[i] >= ends[i]))
+        if usable and not badge:
+            s, e = int(begins[i]), int(ends[i])
+            gap = "" if cursor is None else text[cursor:s]
+            label = text[max(s, cursor or 0) : e] or raw[i]
+            cursor = max(e, cursor or 0)
+        else:
+            gap = "" if usable or not out.labels or raw[i].startswith("##") else " "
+            label = raw[i][2:] if raw[i].startswith("##") and len(raw[i]) > 2 else raw[i]
+        out.labels.append(label)
+        out.gaps.append(gap)
+        out.badges.append(badge)
+    if usable and cursor is not None and stop == len(tokens):
+        out.tail = text[cursor:]
+    return out
+
+
+@dataclass
+class DocumentPayload:
+    """One document as the page carries it: manifest entry (JSON) and layer payloads (base64)."""
+
+    entry: dict[str, Any]
+    blobs: dict[str, str]
+    max_error: float
+
+
+def document_payload(
+    doc: Document,
+    index: int,
+    *,
+    max_tokens: int,
+    window: tuple[int, int] | None,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    max_bytes: int,
+    encoding: str,
+    attention: bool = True,
+) -> DocumentPayload:
+    """Quantise and encode one document (windowed, layers picked to fit ``max_bytes``)."""
+    notes: list[str] = []
+    array: xr.DataArray | None = None
+    if attention and doc.has_matrices:
+        array = doc.attention
+        tokens = tokens_of(array, "query")
+    elif attention:
+        notes.append("This document stores no attention matrices: text and predictions only.")
+    if array is None:
+        tokens = doc.token_table("source") if doc.arrays else pd.DataFrame(columns=["text", "start", "end", "special"])
+    n = len(tokens)
+    start, stop = pick_window(n, max_tokens, window)
+    if (start, stop) != (0, n):
+        notes.append(
+            f"Tokens {start + 1:,}–{stop:,} of {n:,} are exported (at most {max_tokens:,} tokens a document; "
+            "choose another window with window=(start, stop)). Attention to tokens outside the window is left "
+            "out, so rows do not sum to 1."
+        )
+    layout = text_layout(tokens, doc.text, start, stop)
+    blobs: dict[str, str] = {}
+    layer_labels: list[int] = []
+    head_labels: list[int] = []
+    max_error = 0.0
+    if array is not None:
+        array = array.isel(query=slice(start, stop), key=slice(start, stop))
+        if heads is not None:
+            array = array.isel(head=list(heads))
+            notes.append(f"Only heads {', '.join(map(str, array['head'].values))} are exported.")
+        chosen = _choose_layers(array, layers, max_bytes, notes)
+        if hasattr(array.data, "dask"):  # read once; in-memory arrays are indexed as views instead
+            array, chosen = _load(array.isel(layer=chosen)), list(range(len(chosen)))
+        for j, i in enumerate(chosen):
+            q, scale = quantize_rows(array.data[i])
+            blobs[f"attviz-d{index}-l{j}"] = encode_layer(q, scale, encoding)
+            max_error = max(max_error, float(scale.max(initial=0.0)) / 2)
+            layer_labels.append(int(array["layer"].values[i]))
+        head_labels = [int(h) for h in array["head"].values]
+    probabilities = [[str(k), float(v)] for k, v in (doc.probabilities or {}).items()]
+    wrong = doc.label is not None and doc.prediction is not None and doc.label != doc.prediction
+    option = " · ".join(str(v) for v in (doc.id, doc.label) if v) + (f" → {doc.prediction}" if doc.prediction else "")
+    entry = {
+        "id": doc.id,
+        "option": option + (" ✗" if wrong else ""),
+        "label": doc.label,
+        "prediction": doc.prediction,
+        "probabilities": probabilities,
+        "n_tokens": n,
+        "start": start,
+        "tokens": tokens["text"].tolist()[start:stop],
+        **vars(layout),
+        "lead": "… " if start > 0 else "",
+        "trail": " …" if stop < n else "",
+        "layers": layer_labels,
+        "heads": head_labels,
+        "blobs": list(blobs),
+        "notes": notes,
+    }
+    return DocumentPayload(entry, blobs, max_error)
+
+
+def _choose_layers(array: xr.DataArray, layers: Sequence[int] | None, max_bytes: int, notes: list[str]) -> list[int]:
+    """Positions of the layers to export: those asked for, or as many as fit ``max_bytes``."""
+    n_layers, n_heads, n = array.sizes["layer"], array.sizes["head"], array.sizes["query"]
+    if layers is not None:
+        chosen = sorted({int(i) % n_layers for i in layers if -n_layers <= int(i) < n_layers})
+        if not chosen:
+            raise ValueError(f"none of the layers {list(layers)} exists (the model has {n_layers})")
+    else:
+        chosen = pick_layers(n_layers, n_heads * n * (n + 4), max_bytes)
+    if len(chosen) < n_layers:
+        shown = ", ".join(str(array["layer"].values[i]) for i in chosen)
+        why = "as asked" if layers is not None else f"to stay under {max_bytes / 2**20:.0f} MiB a document"
+        notes.append(f"Layers {shown} of {n_layers} are exported ({why}).")
+    return chosen
+
+
+def _load(array: xr.DataArray) -> xr.DataArray:
+    """Read a dask-backed array in one go, on this thread (many small chunks read faster so)."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return array.load()
