@@ -120,7 +120,7 @@ def test_info_on_missing_store(tmp_path, capsys):
 
 
 def test_installed_script_help_for_every_command():
-    for command in ("extract", "info", "convert", "plugins", "demo", "serve"):
+    for command in ("extract", "info", "convert", "export", "plugins", "demo", "serve"):
         result = subprocess.run(
             [sys.executable, "-m", "attviz.cli", command, "--help"], capture_output=True, text=True, check=True
         )
@@ -157,3 +157,18 @@ def test_convert_legacy_json_to_store_netcdf_and_back(tmp_path, capsys):
         assert a.tokens == b.tokens and b.probabilities == pytest.approx(a.probabilities)  # float32 table
     code, _, err = _run(capsys, "convert", source, "-o", tmp_path / "legacy.zarr")
     assert code == 1 and "already exists" in err
+
+
+def test_export_writes_one_offline_page_of_the_chosen_documents(tmp_path, capsys):
+    from tests.test_explorer import corpus_of
+
+    corpus_of().save(tmp_path / "tiny.zarr")
+    page = tmp_path / "page.html"
+    code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page, "--doc", "d1", "--heads", "0")
+    assert code == 0 and "wrote" in err
+    text = page.read_text(encoding="utf-8")
+    assert '"d1"' in text and '"d0"' not in text and "<script src=" not in text
+    code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page)
+    assert code == 1 and "already exists" in err
+    code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page, "--overwrite", "--layers", "x")
+    assert code == 1 and "--layers takes comma-separated integers" in err
