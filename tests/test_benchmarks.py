@@ -1,0 +1,147 @@
+"""benchmarks/run.py and its BertViz baseline: conversion, URL rewriting, serving, page-ready timing, the table."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import numpy as np
+import pytest
+
+from attviz.corpus import attention_array, token_frame
+from benchmarks import bertviz_baseline as bv
+from benchmarks import pages, run
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def tiny_attention():
+    """2 layers × 3 heads × 4 tokens; value = layer*1000 + head*100 + query*10 + key (float16-exact)."""
+    layer, head, query, key = np.meshgrid(range(2), range(3), range(4), range(4), indexing="ij")
+    values = (layer * 1000 + head * 100 + query * 10 + key).astype(np.float16)
+    return attention_array(values, token_frame(["[CLS]", XSS, "&amp;", "[SEP]"]))
+
+
+def test_to_bertviz_gives_one_tensor_per_layer(tiny_attention):
+    tensors, tokens = bv.to_bertviz(tiny_attention)
+    assert isinstance(tensors, tuple) and len(tensors) == 2
+    assert all(tuple(t.shape) == (1, 3, 4, 4) for t in tensors)
+    assert tensors[1][0, 2, 3, 1].item() == 1000 + 200 + 30 + 1
+    assert tensors[0][0, 1, 0, 3].item() == 103
+    assert tokens == ["[CLS]", XSS, "&amp;", "[SEP]"]
+
+
+def test_to_bertviz_follows_dims_not_order(tiny_attention):
+    tensors, _ = bv.to_bertviz(tiny_attention.transpose("query", "key", "head", "layer"))
+    assert tensors[1][0, 2, 3, 1].item() == 1231
+
+
+def test_localize_points_every_cdn_url_at_the_local_server():
+    html = (
+        '<script src="https://cdnjs.cloudflare.com/ajax/libs/require.js/2.3.6/require.min.js"></script>'
+        "d3: 'https://cdnjs.cloudflare.com/ajax/libs/d3/5.7.0/d3.min', "
+        "jquery: 'https://cdnjs.cloudflare.com/ajax/libs/jquery/2.0.0/jquery.min',"
+    )
+    out = bv.localize(html, "http://127.0.0.1:9")
+    assert "cdnjs" not in out
+    assert 'src="http://127.0.0.1:9/requirejs.js"' in out
+    # require.js paths take no extension: it appends ".js" itself.
+    assert "d3: 'http://127.0.0.1:9/d3'" in out
+    assert "jquery: 'http://127.0.0.1:9/jquery'" in out
+
+
+def test_bertviz_page_on_identical_attention(tiny_attention):
+    pytest.importorskip("bertviz")
+    html, seconds = bv.head_view_html(tiny_attention)
+    assert seconds >= 0
+    for url in bv.SCRIPTS:
+        assert url in html  # the URLs localize() rewrites are the ones BertViz writes
+    params = json.loads(html.split("const params = ")[1].split("; // HACK")[0])
+    attn = params["attention"][0]["attn"]
+    assert np.array(attn).shape == (2, 3, 4, 4)
+    assert attn[1][2][3][1] == 1231.0
+    assert params["attention"][0]["left_text"][1] == XSS  # BertViz's own escaping is not ours to test
+
+
+def test_static_server_serves_a_folder(tmp_path):
+    (tmp_path / "a.txt").write_text("hello")
+    with pages.StaticServer(tmp_path) as server:
+        assert server.url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{server.url}/a.txt", timeout=5) as response:
+            assert response.read() == b"hello"
+
+
+def test_fraction_and_table():
+    assert run.fraction(None) == "—"
+    assert run.fraction(0.01) == "1/100"
+    assert run.fraction(1 / 50) == "1/50"
+    assert run.fraction(2.5) == "2.50×"
+    rows = [
+        run.row("export", "file size, 512 tokens", "5.00 MB", "870 MB", "1/174", "≤ 1/50", True),
+        run.row("export", "generation", "1.00 s", "48.00 s", "1/48", "≤ 1/20", False),
+        run.row("page", "ready", "1.00 s"),
+    ]
+    text = run.render_table(rows)
+    assert "[export]" in text and "[page]" in text
+    assert " met" in text and "MISSED" in text
+    assert run.markdown_table(rows).count("\n") == 4
+    assert run.mb(5e6) == "5.00 MB" and run.mb(8.7e8) == "870 MB"
+    assert run.secs(0.047) == "47 ms" and run.secs(2.345) == "2.35 s"
+
+
+def test_quick_plan_uses_small_sizes():
+    quick = run.plan(run.argparse.Namespace(quick=True, export_tokens=None, page_tokens=None,
+                                            bertviz_page_tokens=None, explorer_tokens=512))  # fmt: skip
+    assert quick["export_sizes"] == [64] and quick["page_attviz"] == [128] and quick["page_bertviz"] == [64]
+    full = run.plan(run.argparse.Namespace(quick=False, export_tokens=None, page_tokens=None,
+                                           bertviz_page_tokens=None, explorer_tokens=512))  # fmt: skip
+    assert full["export_sizes"] == [64, 128, 256, 512] and full["page_attviz"] == [128, 512, 2048]
+
+
+def _chromium_or_skip() -> None:
+    if not os.path.isfile(pages.CHROMIUM):
+        if os.environ.get("ATTVIZ_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"no Chromium at {pages.CHROMIUM}; ATTVIZ_REQUIRE_BROWSER=1")
+        pytest.skip(f"no Chromium at {pages.CHROMIUM}")
+    pytest.importorskip("playwright")
+
+
+@pytest.mark.browser
+def test_page_ready_waits_for_a_bokeh_page_to_render(tmp_path):
+    """The fallback readiness test (every Bokeh document idle) on a real inline-Bokeh page; no remote request."""
+    _chromium_or_skip()
+    from bokeh.embed import file_html
+    from bokeh.plotting import figure
+    from bokeh.resources import INLINE
+    from playwright.sync_api import sync_playwright
+
+    plot = figure(width=300, height=300)
+    plot.image([np.eye(8)], x=0, y=0, dw=1, dh=1)
+    html = file_html(plot, INLINE, "bench")
+    assert pages.attviz_ready_js(html).startswith("() => window.Bokeh")
+    assert "window.attviz.ready === true" in pages.attviz_ready_js(html + "const A = (window.attviz = {});")
+    (tmp_path / "p.html").write_text(html)
+    with pages.StaticServer(tmp_path) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=pages.CHROMIUM, args=pages.CHROMIUM_ARGS)
+        try:
+            result = pages.page_ready(browser, f"{server.url}/p.html", pages.attviz_ready_js(html), timeout_s=60)
+        finally:
+            browser.close()
+    assert 0 < result["ready_ms"] <= result["painted_ms"] < 60_000
+    assert result["remote_requests"] == 0
+    assert result["requests"] >= 1
+
+
+@pytest.mark.slow
+def test_export_section_runs_on_a_short_document(tmp_path):
+    pytest.importorskip("attviz.export")
+    out = tmp_path / "bench.json"
+    assert run.main(["--only", "export", "--export-tokens", "24", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    entry = results["export"][0]
+    assert entry["tokens"] == 24 and entry["attviz_bytes"] > 0 and entry["attviz_s"] > 0
+    if bv.available():
+        assert entry["bertviz_bytes"] > 0 and entry["size_ratio"] == entry["attviz_bytes"] / entry["bertviz_bytes"]
+    assert [r["section"] for r in results["rows"]] == ["export", "export"]
