@@ -109,31 +109,6 @@ def _chromium_or_skip() -> None:
 
 
 @pytest.mark.browser
-def test_page_ready_waits_for_a_bokeh_page_to_render(tmp_path):
-    """The fallback readiness test (every Bokeh document idle) on a real inline-Bokeh page; no remote request."""
-    _chromium_or_skip()
-    from bokeh.embed import file_html
-    from bokeh.plotting import figure
-    from bokeh.resources import INLINE
-    from playwright.sync_api import sync_playwright
-
-    plot = figure(width=300, height=300)
-    plot.image([np.eye(8)], x=0, y=0, dw=1, dh=1)
-    html = file_html(plot, INLINE, "bench")
-    assert pages.attviz_ready_js(html).startswith("() => window.Bokeh")
-    assert "window.attviz.ready === true" in pages.attviz_ready_js(html + "const A = (window.attviz = {});")
-    (tmp_path / "p.html").write_text(html)
-    with pages.StaticServer(tmp_path) as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=pages.CHROMIUM, args=pages.CHROMIUM_ARGS)
-        try:
-            result = pages.page_ready(browser, f"{server.url}/p.html", pages.attviz_ready_js(html), timeout_s=60)
-        finally:
-            browser.close()
-    assert 0 < result["ready_ms"] <= result["painted_ms"] < 60_000
-    assert result["remote_requests"] == 0
-    assert result["requests"] >= 1
-
-
 @pytest.mark.slow
 def test_export_section_runs_on_a_short_document(tmp_path):
     pytest.importorskip("attviz.export")
