@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compression",
         default="zstd",
-        choices=["zstd", "none"],
-        help="lossless compression of the float16 chunks (default zstd)",
+        choices=["zstd", "none", "uint8"],
+        help="chunks: zstd (lossless float16, default), none, or uint8 (quantised per row, ~4x smaller, "
+        "max error row max / 510)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store / unfinished job")
     p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")

@@ -50,6 +50,9 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         info["bytes_on_disk"] = stored
         info["raw_float16_bytes"] = raw
         info["compression_ratio"] = round(raw / stored, 3) if stored and raw else None
+    from attviz.store import describe_encoding
+
+    info["matrix_encoding"] = describe_encoding(attrs) or None
     return info
 
 
@@ -77,4 +80,6 @@ def format_summary(info: dict[str, Any]) -> str:
         ratio = info.get("compression_ratio")
         extra = f" ({ratio:.2f}x smaller than raw float16)" if ratio else ""
         lines.append(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB{extra}")
+    if info.get("matrix_encoding"):
+        lines.append(f"matrices    {info['matrix_encoding']}")
     return "\n".join(lines)

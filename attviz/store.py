@@ -2,12 +2,19 @@
 
 Layout (zarr format 3)::
 
-    STORE/                      root attrs["attviz"]: format, model, kinds, settings, ...
+    STORE/                      root attrs["attviz"]: format, model, kinds, encoding, settings, ...
       table/                    corpus table, an xarray Dataset along ``doc``
       tokens/                   every token of every document, an xarray Dataset along ``row``
       docs/d000000/self         float16 (layer, head, query, key), one chunk per layer
       docs/d000000/vectors      float32 (vector, token) for vector-only (legacy) data
 
+With ``compression="uint8"`` a matrix is stored as uint8 ``self`` plus float32 ``self_scale``
+(layer, head, query): value ≈ q × scale, scale = row max / 255 (max abs error scale / 2 ≤ 1/510 for
+rows of attention); the reader decodes it to float32 transparently.
+
+Documents are written straight to disk as zarr v3 metadata (``zarr.json``) and chunk files (the zarr
+v3 core spec: ``bytes`` codec, then ``zstd``), which costs a fraction of zarr-python's per-array
+path; the result is an ordinary zarr store that ``zarr.open_group`` and ``xarray.open_zarr`` read.
 While a store is being written it lives in ``STORE.partial/`` next to a ``progress.jsonl`` that lists
 finished documents; an interrupted extraction resumes from there. Only a complete store is renamed
 to ``STORE``, so a crash never leaves something that opens as a valid store.
@@ -21,14 +28,13 @@ import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
-from zarr.codecs import ZstdCodec
 
 from attviz.corpus import (
     KIND_STREAMS,
@@ -44,11 +50,26 @@ from attviz.corpus import (
     vector_array,
 )
 from attviz.errors import StoreError
+from attviz.zarr3 import (
+    ZSTD_LEVEL,
+    consolidate,
+    group_meta,
+    json_default,
+    jsonable,
+    read_dataset,
+    write_array,
+    write_dataset,
+    write_json,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # float16 stores
+QUANTIZED_FORMAT_VERSION = 2  # uint8 stores: an attviz that reads only format 1 must refuse them
+READABLE_VERSION = 2
 PROGRESS = "progress.jsonl"
-COMPRESSION = ("zstd", "none")
+COMPRESSION = ("zstd", "none", "uint8")
 SETTINGS = "settings.json"
+UINT8 = "uint8-row-scale"  # the name of the quantised encoding, in attrs
+MATRIX_DIMS = ("layer", "head", "query", "key")
 
 # zarr 3 warns that consolidated metadata and variable-length strings are not yet in the v3 spec.
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
@@ -64,11 +85,101 @@ def group_name(index: int) -> str:
     return f"d{index:06d}"
 
 
+# -- quantisation ----------------------------------------------------------------------------------
+class Quantized(NamedTuple):
+    """A matrix as uint8 per row with a float32 scale per row: value ≈ ``q * scale[..., None]``."""
+
+    q: np.ndarray
+    scale: np.ndarray
+
+
+_F16_TO_F32: np.ndarray | None = None
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """A float32 copy; float16 goes through a 65,536-entry table (several times faster than astype)."""
+    global _F16_TO_F32
+    if block.dtype != np.float16:
+        return np.array(block, dtype=np.float32)
+    if _F16_TO_F32 is None:
+        _F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    return np.take(_F16_TO_F32, block.view(np.uint16))
+
+
+def quantize_rows(values: np.ndarray) -> Quantized:
+    """uint8 per row (last axis) with scale = row max / 255, so ``|value - q × scale| ≤ scale / 2``.
+
+    Values must be non-negative (attention is); a row holding NaN or inf gets scale NaN (decodes as NaN).
+    """
+    values = np.asarray(values)
+    q = np.empty(values.shape, dtype=np.uint8)
+    scale = np.empty(values.shape[:-1], dtype=np.float32)
+    if values.size == 0:
+        return Quantized(q, scale)
+    for i in range(values.shape[0]) if values.ndim > 2 else [...]:  # one layer at a time: stays in cache
+        x = _as_float32(values[i])
+        if x.min() < 0:
+            raise StoreError("uint8 storage needs non-negative values (attention); use compression='zstd'")
+        peak = x.max(axis=-1)
+        finite = np.isfinite(peak)
+        inv = np.divide(np.float32(255), peak, out=np.zeros_like(peak), where=finite & (peak > 0))
+        with np.errstate(invalid="ignore"):  # inf × 0 in a non-finite row, zeroed next
+            x *= inv[..., None]
+        if not finite.all():
+            x[~finite] = 0
+        x += 0.5  # then truncation: round half up; x <= 255.5 so 255 at most
+        q[i] = x
+        scale[i] = np.where(finite, peak / np.float32(255), np.float32(np.nan))
+    return Quantized(q, scale)
+
+
+def quantize_rows_torch(values: Any) -> Quantized:
+    """:func:`quantize_rows` for a torch tensor (any device, e.g. before the copy to the host);
+    the same formula, so the same bytes for the same values."""
+    x = values.float()
+    peak = x.amax(dim=-1)
+    if bool(x.amin() < 0):
+        raise StoreError("uint8 storage needs non-negative values (attention); use compression='zstd'")
+    finite = peak.isfinite()
+    # 255 / peak would multiply by a reciprocal: a different rounding than numpy's division
+    inv = peak.new_full(peak.shape, 255.0).div_(peak).masked_fill_(~finite | (peak <= 0), 0)
+    y = x * inv.unsqueeze(-1)
+    if not bool(finite.all()):
+        y.masked_fill_(~finite.unsqueeze(-1), 0)
+    scale = (peak / 255).masked_fill_(~finite, float("nan"))
+    return Quantized(y.add_(0.5).byte().cpu().numpy(), scale.cpu().numpy())
+
+
+def dequantize_rows(q: Any, scale: Any) -> Any:
+    """float32 ``q × scale`` (numpy or dask)."""
+    return q.astype(np.float32) * scale[..., None]
+
+
+def error_bound(scale: np.ndarray) -> float:
+    """The largest quantisation error of a :func:`quantize_rows` result: max scale / 2."""
+    finite = scale[np.isfinite(scale)]
+    return float(finite.max(initial=0.0)) / 2
+
+
+def describe_encoding(attrs: Mapping[str, Any]) -> str | None:
+    """One line on how a store keeps its matrices (for ``attviz info``); None when it does not say."""
+    encoding = attrs.get("matrix_encoding")
+    if not encoding:
+        return None
+    compression = attrs.get("matrix_compression", "")
+    error = float(attrs.get("max_abs_error") or 0.0)
+    what = "uint8 per row × float32 scale" if encoding == UINT8 else str(encoding)
+    exact = f"max abs error {error:.6f}" if error else "lossless"
+    return f"{what}, {compression or 'no compression'} ({exact})"
+
+
 class StoreWriter:
     """Write documents one by one into ``PATH.partial`` and rename it to ``PATH`` when complete.
 
     ``fingerprint`` identifies the job (model, settings, inputs); a later writer with the same
-    fingerprint resumes (``done`` lists finished document indices), a different one is refused.
+    fingerprint and compression resumes (``done`` lists finished document indices), another is refused.
+    ``compression``: ``"zstd"`` (float16, lossless zstd level 1), ``"none"`` (raw float16) or ``"uint8"``
+    (uint8 per row with a float32 scale, zstd; max abs error row max / 510).
     """
 
     def __init__(
@@ -82,14 +193,17 @@ class StoreWriter:
     ):
         if compression not in COMPRESSION:
             raise StoreError(f"compression must be one of {COMPRESSION}, not {compression!r}")
-        self.compressors = [ZstdCodec(level=1)] if compression == "zstd" else []
+        self.compression = compression
+        self._compressed = compression != "none"
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it")
         self.overwrite = overwrite
         self.records: dict[int, dict[str, Any]] = {}
+        self._written: dict[str, Any] = {}  # metadata written by this writer, by path
         settings_file = self.partial / SETTINGS
+        settings = {"fingerprint": fingerprint, "compression": compression}
         if self.partial.exists() and resume and not overwrite and settings_file.exists():
             previous = json.loads(settings_file.read_text())
             if previous.get("fingerprint") != fingerprint:
@@ -97,14 +211,19 @@ class StoreWriter:
                     f"{self.partial} holds an unfinished job with different settings or inputs; "
                     "delete it or pass overwrite=True (--overwrite) to start again"
                 )
+            if previous.get("compression", compression) != compression:
+                raise StoreError(
+                    f"{self.partial} holds an unfinished job with compression {previous['compression']!r}, "
+                    f"not {compression!r}; rerun with the same compression, or pass overwrite=True (--overwrite)"
+                )
             self.records = _read_progress(self.partial / PROGRESS)
         else:
             if self.partial.exists():
                 shutil.rmtree(self.partial)
-            self.partial.mkdir(parents=True)
-            zarr.open_group(self.partial, mode="w", zarr_format=3)
-            settings_file.write_text(json.dumps({"fingerprint": fingerprint}))
-        self._root = zarr.open_group(self.partial, mode="r+")
+            (self.partial / "docs").mkdir(parents=True)
+            write_json(self.partial / "zarr.json", group_meta())
+            write_json(self.partial / "docs" / "zarr.json", group_meta())
+            settings_file.write_text(json.dumps(settings))  # last: a job without it starts afresh
         self._progress = open(self.partial / PROGRESS, "a", encoding="utf-8")  # noqa: SIM115
 
     @property
@@ -116,40 +235,51 @@ class StoreWriter:
         index: int,
         row: Mapping[str, Any],
         tokens: Mapping[str, pd.DataFrame],
-        arrays: Mapping[str, np.ndarray],
+        arrays: Mapping[str, np.ndarray | Quantized],
         array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
-        """Write one document: its table row, token tables per stream and arrays per kind."""
+        """Write one document: its table row, token tables per stream and arrays per kind.
+
+        A matrix may come already quantised (:class:`Quantized`, e.g. from the device) when the
+        writer's compression is ``"uint8"``.
+        """
         name = group_name(index)
-        group = self._root.require_group(f"docs/{name}")
+        directory = self.partial / "docs" / name
+        if directory.exists():  # left by a crash in the middle of this document
+            shutil.rmtree(directory)
+        directory.mkdir()
+        write_json(directory / "zarr.json", group_meta(), self._written)
+        error = 0.0
         for kind, values in arrays.items():
-            values = np.asarray(values)
-            is_matrix = kind in KIND_STREAMS
-            dtype = np.float16 if is_matrix else np.float32
-            dims = ("layer", "head", "query", "key") if is_matrix else ("vector", "token")
-            chunks = (1, *values.shape[1:]) if is_matrix else values.shape
-            array = group.create_array(
-                kind,
-                shape=values.shape,
-                dtype=dtype,
-                chunks=tuple(max(1, c) for c in chunks),
-                dimension_names=dims,
-                attributes=dict((array_attrs or {}).get(kind, {})),
-                compressors=self.compressors,
-                overwrite=True,
-            )
-            array[...] = values.astype(dtype, copy=False)
+            attrs = dict((array_attrs or {}).get(kind, {}))
+            if kind not in KIND_STREAMS:
+                values = np.asarray(values, dtype=np.float32)
+                self._array(directory / kind, values, ("vector", "token"), attrs, per_first=False)
+                continue
+            if self.compression == "uint8":
+                quantized = values if isinstance(values, Quantized) else quantize_rows(values)
+                error = max(error, error_bound(quantized.scale))
+                attrs["attviz_encoding"] = {"name": UINT8, "scale": f"{kind}_scale", "dtype": "float32"}
+                self._array(directory / kind, quantized.q, MATRIX_DIMS, attrs)
+                self._array(directory / f"{kind}_scale", quantized.scale, MATRIX_DIMS[:3], {})
+            else:
+                if isinstance(values, Quantized):
+                    values = dequantize_rows(values.q, values.scale)
+                self._array(directory / kind, np.asarray(values), MATRIX_DIMS, attrs, dtype=np.float16)
         record = {
             "index": index,
             "group": name,
             "row": dict(row),
             "kinds": list(arrays),
-            "tokens": {
-                stream: {f: _jsonable(frame[f].tolist()) for f in TOKEN_FIELDS} for stream, frame in tokens.items()
-            },
+            "tokens": {stream: {f: frame[f].tolist() for f in TOKEN_FIELDS} for stream, frame in tokens.items()},
         }
-        self._progress.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if self.compression == "uint8":
+            record["error"] = error
+        self._progress.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
         self.records[index] = record
+
+    def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
+        write_array(directory, values, dims, attrs, self._compressed, per_first, dtype, self._written)
 
     def flush(self) -> None:
         """Make the progress of finished documents durable (called once per batch)."""
@@ -160,6 +290,20 @@ class StoreWriter:
         if not self._progress.closed:
             self.flush()
             self._progress.close()
+
+    def encoding_attrs(self, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the store says about its matrices: encoding, compression and the max abs error.
+
+        ``previous`` (the attrs of a corpus being re-saved) adds the error it already carried.
+        """
+        error = max((float(r.get("error", 0.0)) for r in self.records.values()), default=0.0)
+        error += float((previous or {}).get("max_abs_error") or 0.0)
+        encoding = UINT8 if self.compression == "uint8" else "float16"
+        return {
+            "matrix_encoding": encoding,
+            "matrix_compression": "none" if self.compression == "none" else f"zstd-{ZSTD_LEVEL}",
+            "max_abs_error": round(error, 7),
+        }
 
     def finalize(self, attrs: Mapping[str, Any], label_names: Sequence[str] | None = None) -> Path:
         """Write the table, tokens and attributes, then move the store into place atomically."""
@@ -175,20 +319,18 @@ class StoreWriter:
         table["token_offset"] = (("doc", "stream"), offsets)
         table["token_count"] = (("doc", "stream"), counts)
         table = table.assign_coords(stream=np.array(streams, dtype=object))
-        table.to_zarr(self.partial, group="table", mode="w", consolidated=False, zarr_format=3)
-        tokens.to_zarr(self.partial, group="tokens", mode="w", consolidated=False, zarr_format=3)
-        root = zarr.open_group(self.partial, mode="r+")
-        root.attrs["attviz"] = {
-            **_jsonable(dict(attrs)),
-            "format_version": FORMAT_VERSION,
+        write_dataset(self.partial / "table", table, self._written)
+        write_dataset(self.partial / "tokens", tokens, self._written)
+        info = {
+            **jsonable(dict(attrs)),
+            **self.encoding_attrs(attrs),
+            "format_version": QUANTIZED_FORMAT_VERSION if self.compression == "uint8" else FORMAT_VERSION,
             "documents": len(indices),
             "complete": True,
         }
         (self.partial / PROGRESS).unlink()
         (self.partial / SETTINGS).unlink()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            zarr.consolidate_metadata(self.partial)
+        consolidate(self.partial, {"attviz": info}, self._written)
         _replace_dir(self.partial, self.path)
         return self.path
 
@@ -244,19 +386,11 @@ def _read_progress(path: Path) -> dict[int, dict[str, Any]]:
     return records
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def write_corpus(corpus: Corpus, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write an in-memory (or any) corpus as a store, atomically."""
-    writer = StoreWriter(path, overwrite=overwrite, resume=False)
+def write_corpus(
+    corpus: Corpus, path: str | os.PathLike, *, overwrite: bool = False, compression: str = "zstd"
+) -> Path:
+    """Write an in-memory (or any) corpus as a store, atomically (``compression`` as in :class:`StoreWriter`)."""
+    writer = StoreWriter(path, overwrite=overwrite, resume=False, compression=compression)
     try:
         for index, doc in enumerate(corpus):
             arrays, attrs, tokens = document_payload(doc)
@@ -318,11 +452,13 @@ def open_store(path: str | os.PathLike) -> Corpus:
         raise StoreError(f"{path} is not an attviz store ({exc})") from exc
     if not info.get("complete"):
         raise StoreError(f"{path} is not an attviz store (missing the 'attviz' attributes)")
-    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+    if int(info.get("format_version", 0)) > READABLE_VERSION:
         raise StoreError(f"{path} was written by a newer attviz (format {info['format_version']}); upgrade attviz")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = xr.open_zarr(path, group="table", consolidated=True).load()
+    table = read_dataset(path / "table")
+    if table is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = xr.open_zarr(path, group="table", consolidated=True).load()
     for name in table.variables:
         if table[name].dtype.kind in "OUT":
             table[name] = table[name].astype(object)
@@ -354,6 +490,11 @@ class _StoreLoader:
             array = self.root[f"docs/{group}/{kind}"]
             values = da.from_zarr(array)
             attrs = dict(array.attrs)
+            encoding = attrs.get("attviz_encoding")
+            if encoding:
+                if encoding.get("name") != UINT8:
+                    raise StoreError(f"{self.path}: unknown matrix encoding {encoding.get('name')!r}; upgrade attviz")
+                values = dequantize_rows(values, da.from_zarr(self.root[f"docs/{group}/{encoding['scale']}"]))
             if kind == "vectors":
                 return vector_array(values, self.token_table(i, "source"), attrs.get("vector", []))
             query_stream, key_stream = KIND_STREAMS[kind]

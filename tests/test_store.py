@@ -1,14 +1,28 @@
-"""The zarr store: round trips, laziness per layer, atomic writes, clear errors."""
+"""The zarr store: round trips, laziness per layer, atomic writes, resume, uint8 storage, clear errors."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
+import xarray as xr
+import zarr
 
 from attviz import Corpus, Document, StoreError, attention_array, token_frame, vector_array
-from attviz.store import StoreWriter, partial_path
+from attviz.corpus import table_row
+from attviz.store import (
+    StoreWriter,
+    describe_encoding,
+    document_payload,
+    partial_path,
+    quantize_rows,
+    quantize_rows_torch,
+    write_corpus,
+)
+from attviz.zarr3 import read_dataset
 
 
 def _corpus(n_docs: int = 4, seed: int = 0) -> Corpus:
@@ -80,7 +94,7 @@ def test_one_layer_loads_without_the_others(tmp_path):
     path = tmp_path / "c.zarr"
     corpus = _corpus(2).save(path)
     # remove the chunk of layer 0 from the disk: layer 1 still loads, layer 0 is missing data
-    chunk = path / "docs" / "d000001" / "self" / "c" / "0" / "0" / "0" / "0"
+    chunk = path / "docs" / "d000001" / "self" / "c.0.0.0.0"
     assert chunk.is_file()
     expected = corpus[1].attention.isel(layer=1).values.copy()
     chunk.unlink()
@@ -128,8 +142,6 @@ def test_truncated_progress_line_is_redone(tmp_path):
     path = tmp_path / "p.zarr"
     writer = StoreWriter(path, fingerprint="job")
     doc = _corpus(1)[0]
-    from attviz.store import document_payload
-
     arrays, attrs, tokens = document_payload(doc)
     writer.write(0, {"doc_id": "d0", "text": "x"}, tokens, arrays, attrs)
     writer.close()
@@ -139,3 +151,154 @@ def test_truncated_progress_line_is_redone(tmp_path):
     assert resumed.done == {0}
     resumed.close()
     shutil.rmtree(partial_path(path))
+
+
+def _write(writer: StoreWriter, index: int, doc: Document) -> None:
+    arrays, attrs, tokens = document_payload(doc)
+    writer.write(index, table_row(doc), tokens, arrays, attrs)
+
+
+def test_zarr_and_xarray_read_the_directly_written_store(tmp_path):
+    corpus = _corpus(3)
+    path = tmp_path / "c.zarr"
+    corpus.save(path)
+    root = zarr.open_group(path, mode="r")
+    for i, doc in enumerate(corpus):
+        array = root[f"docs/d{i:06d}/self"]
+        assert array.dtype == np.float16 and array.chunks == (1, 3, 3 + i, 3 + i)
+        np.testing.assert_array_equal(array[...], doc.attention.values.astype(np.float16))
+        assert array.attrs["layer"] == [0, 1] and array.attrs["head"] == [0, 1, 2]
+    ds = xr.open_zarr(path, group="docs/d000002", consolidated=False)
+    assert ds["self"].dims == ("layer", "head", "query", "key")
+    np.testing.assert_array_equal(ds["self"].values, corpus[2].attention.values.astype(np.float16))
+    # attviz reads its table and tokens directly; xarray reads the very same datasets
+    for group in ("table", "tokens"):
+        direct, through_xarray = read_dataset(path / group), xr.open_zarr(path, group=group).load()
+        for ds in (direct, through_xarray):
+            for name in ds.variables:
+                if ds[name].dtype.kind in "OUT":
+                    ds[name] = ds[name].astype(object)
+        xr.testing.assert_identical(direct, through_xarray)
+    assert read_dataset(path / "table")["probability"].values.tolist() == [[0.75, 0.25]] * 3
+    # the consolidated metadata is exactly what zarr-python itself would write
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(copy)
+    assert json.loads((copy / "zarr.json").read_text()) == json.loads((path / "zarr.json").read_text())
+
+
+def test_resume_after_a_crash_gives_the_same_store(tmp_path):
+    corpus = _corpus(4)
+    reference = corpus.save(tmp_path / "ref.zarr")
+    path = tmp_path / "c.zarr"
+    writer = StoreWriter(path, fingerprint="job")
+    _write(writer, 0, corpus[0])
+    _write(writer, 1, corpus[1])
+    writer.flush()
+    # killed in the middle of document 2: its files exist, its progress line does not
+    half = partial_path(path) / "docs" / "d000002" / "self"
+    half.mkdir(parents=True)
+    (half / "c.0.0.0.0").write_bytes(b"garbage")
+    writer._progress.close()
+    with pytest.raises(StoreError, match="different settings"):
+        StoreWriter(path, fingerprint="other job")
+    with pytest.raises(StoreError, match="compression 'zstd', not 'uint8'"):
+        StoreWriter(path, fingerprint="job", compression="uint8")
+    resumed = StoreWriter(path, fingerprint="job")
+    assert resumed.done == {0, 1}
+    for i in (2, 3):
+        _write(resumed, i, corpus[i])
+    resumed.finalize(corpus.attrs)
+    assert not partial_path(path).exists()
+    opened = Corpus.open(path)
+    assert opened.ids == reference.ids and opened.attrs["documents"] == 4
+    for a, b in zip(opened, reference, strict=True):
+        np.testing.assert_array_equal(a.attention.values, b.attention.values)
+        assert a.tokens == b.tokens and a.token_table().equals(b.token_table())
+    assert opened.table.equals(reference.table)
+
+
+def _hand_doc() -> Document:
+    rows = np.array(
+        [
+            [[1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.2, 0.3, 0.5]],
+            [[0.0, 0.0, 0.0], [0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]],
+        ],
+        dtype=np.float32,
+    )[None]  # (layer 1, head 2, query 3, key 3)
+    return Document(id="h", text="a b c", arrays={"self": attention_array(rows, token_frame(["a", "<b>", "&amp;"]))})
+
+
+def test_uint8_rows_decode_to_the_values_worked_out_by_hand(tmp_path):
+    doc = _hand_doc()
+    path = write_corpus(Corpus([doc]), tmp_path / "q.zarr", compression="uint8")
+    root = zarr.open_group(path, mode="r")  # plain zarr reads both arrays
+    q, scale = root["docs/d000000/self"][...], root["docs/d000000/self_scale"][...]
+    assert q.dtype == np.uint8 and scale.dtype == np.float32
+    # scale = row max / 255; q = round(value / scale) (0.25 / (0.5/255) = 127.5 rounds up to 128)
+    np.testing.assert_array_equal(
+        q[0], [[[255, 0, 0], [255, 128, 128], [102, 153, 255]], [[0, 0, 0], [128, 255, 128], [255, 255, 255]]]
+    )
+    np.testing.assert_allclose(scale[0], [[1 / 255, 0.5 / 255, 0.5 / 255], [0, 0.5 / 255, 1 / 765]], rtol=1e-7)
+    opened = Corpus.open(path)
+    att = opened[0].attention
+    assert att.dtype == np.float32 and att.dims == doc.attention.dims
+    assert att["query_text"].values.tolist() == ["a", "<b>", "&amp;"]
+    expected = [
+        [[1, 0, 0], [0.5, 128 / 510, 128 / 510], [0.2, 0.3, 0.5]],
+        [[0, 0, 0], [128 / 510, 0.5, 128 / 510], [1 / 3, 1 / 3, 1 / 3]],
+    ]
+    np.testing.assert_allclose(att.values[0], expected, rtol=1e-6, atol=1e-7)
+    # the encoding and its error bound (max scale / 2 = 1/510) are recorded, and the error stays within it
+    assert opened.attrs["matrix_encoding"] == "uint8-row-scale" and opened.attrs["format_version"] == 2
+    assert opened.attrs["max_abs_error"] == pytest.approx(1 / 510, abs=1e-7)
+    assert np.abs(att.values - doc.attention.values).max() <= opened.attrs["max_abs_error"] + 1e-7
+    assert describe_encoding(opened.attrs) == "uint8 per row × float32 scale, zstd-1 (max abs error 0.001961)"
+    assert att.chunks[0] == (1,)  # still lazy, one chunk per layer
+    lossless = Corpus([doc]).save(tmp_path / "f.zarr")
+    assert lossless.attrs["matrix_encoding"] == "float16" and lossless.attrs["max_abs_error"] == 0
+    assert describe_encoding(lossless.attrs) == "float16, zstd-1 (lossless)"
+    # re-saving a quantised corpus losslessly keeps the error it already carries
+    again = opened.save(tmp_path / "again.zarr")
+    assert again.attrs["matrix_encoding"] == "float16" and again.attrs["max_abs_error"] > 0
+
+
+def test_quantize_rows_bound_nan_and_negative():
+    rng = np.random.default_rng(1)
+    values = rng.random((3, 4, 50, 50)).astype(np.float16)
+    q, scale = quantize_rows(values)
+    decoded = q.astype(np.float32) * scale[..., None]
+    error = np.abs(decoded - values.astype(np.float32))
+    assert (error <= scale[..., None] / 2 + 1e-7).all()
+    assert error.max() <= 1 / 510
+    rows = np.array([[0.5, np.nan, 0.5], [0.2, 0.8, 0.0]], dtype=np.float32)
+    q, scale = quantize_rows(rows)
+    assert np.isnan(scale[0]) and q[1].tolist() == [64, 255, 0]  # a row with NaN decodes as NaN
+    with pytest.raises(StoreError, match="non-negative"):
+        quantize_rows(np.array([[0.5, -0.1]]))
+    # the torch version (for quantising on the device) gives the very same bytes
+    import torch
+
+    for array in (values, rows, np.array([[np.inf, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)):
+        expected, got = quantize_rows(array), quantize_rows_torch(torch.from_numpy(array))
+        np.testing.assert_array_equal(got.q, expected.q)
+        np.testing.assert_array_equal(got.scale, expected.scale)
+    with pytest.raises(StoreError, match="non-negative"):
+        quantize_rows_torch(torch.tensor([[0.5, -0.1]]))
+
+
+def test_extract_to_a_uint8_store(tiny_bert, tmp_path):
+    from attviz.extract import extract
+    from tests.conftest import TEXTS
+
+    model, tok = tiny_bert
+    kw = {"model": model, "tokenizer": tok, "batch_size": 2, "progress": False, "device": "cpu"}
+    exact = extract(TEXTS, store=tmp_path / "f.zarr", **kw)
+    quantised = extract(TEXTS, store=tmp_path / "q.zarr", compression="uint8", **kw)
+    assert quantised.attrs["matrix_encoding"] == "uint8-row-scale" and 0 < quantised.attrs["max_abs_error"] <= 1 / 510
+    for a, b in zip(exact, quantised, strict=True):
+        assert a.attention.dims == b.attention.dims and a.tokens == b.tokens
+        error = np.abs(a.attention.values.astype(np.float32) - b.attention.values).max()
+        assert error <= quantised.attrs["max_abs_error"] + 1e-6
