@@ -320,7 +320,7 @@ class Explorer(pn.viewable.Viewer):
                 self._agg_watcher = (agg, agg.param.watch(lambda *_: self._refresh(), names))
 
     def _on_heads(self, *_: Any) -> None:
-        self._push(["heads"])
+        self._push()
 
     # == derived outputs ==============================================================================
     def _cached(self, output: str, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -401,7 +401,7 @@ class Explorer(pn.viewable.Viewer):
                 changed["message"] = message
             if changed:
                 self.param.update(**changed)
-            self._push([n for n in changed if n != "message"])
+            self._push()
 
     def _compute_outputs(self) -> dict[str, tuple[Any, Any]]:
         """``{output: (key, value)}`` for every derived output, from cache where the key is known."""
@@ -565,9 +565,8 @@ class Explorer(pn.viewable.Viewer):
             except ValueError as exc:  # e.g. a click outside the bounds: tell, don't crash
                 self.message = str(exc)
 
-    def _push(self, changed: list[str]) -> None:
-        if not self._views:
-            return
+    def _push(self) -> None:
+        """Bring every visible view up to date (each gets only the values that differ)."""
         for view in list(self._views):
             if self._is_active(view):
                 self._update_view(view)

@@ -1,8 +1,8 @@
 """Live input: run a loaded model on text typed in the app, one shared model per process.
 
-:func:`shared_model` loads a model once per server process (``pn.state.as_cached``) and every
-session uses it; :class:`LiveModel` runs it under a lock (one forward pass at a time) and returns
-an in-memory :class:`~attviz.corpus.Corpus`, extracted exactly as ``attviz extract`` would.
+:class:`LiveModel` loads its model on first use and runs it under a lock (one forward pass at a
+time), returning an in-memory :class:`~attviz.corpus.Corpus` extracted exactly as ``attviz extract``
+would; the served app keeps one per process (:func:`attviz.app.live_model`) for every session.
 """
 
 from __future__ import annotations
@@ -82,11 +82,3 @@ def _load(model: Any) -> Any:
     from attviz.models import load_model
 
     return load_model(model, device="cpu")
-
-
-def shared_model(model: Any = None) -> Any:
-    """The loaded model ``model`` (None: the bundled MiniLM), shared by all sessions of this process."""
-    import panel as pn
-
-    key = f"attviz-model:{model or 'bundled'}"
-    return pn.state.as_cached(key, _load, model=model)
