@@ -147,35 +147,49 @@ def _wait_for_http(url: str, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
+def start_server(factory: Callable[[], Any], **kwargs: Any) -> tuple[str, Any]:
+    """Serve ``factory`` (one call per browser session) on a free port; return its URL and thread."""
+    import panel as pn
+
+    port = free_port()
+    thread = pn.serve(
+        {"app": factory},
+        port=port,
+        address="127.0.0.1",
+        websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
+        threaded=True,
+        show=False,
+        start=True,
+        liveness=True,
+        **kwargs,
+    )
+    _wait_for_http(f"http://127.0.0.1:{port}/liveness")
+    return f"http://127.0.0.1:{port}/app", thread
+
+
+def stop_server(thread: Any) -> None:
+    """Stop a server from :func:`start_server` and forget it in Panel's registries."""
+    import panel as pn
+
+    thread.stop()
+    thread.join(timeout=10)
+    for registry in (getattr(pn.state, "_servers", {}), getattr(pn.state, "_threads", {})):
+        registry.pop(getattr(thread, "server_id", None), None)
+
+
 @pytest.fixture
 def serve_app() -> Iterator[Callable[[Callable[[], Any]], str]]:
     """``serve_app(factory) -> url``: serve a Panel app (one ``factory()`` call per browser session)."""
-    import panel as pn
-
     threads: list[Any] = []
 
     def serve(factory: Callable[[], Any]) -> str:
-        port = free_port()
-        thread = pn.serve(
-            {"app": factory},
-            port=port,
-            address="127.0.0.1",
-            websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
-            threaded=True,
-            show=False,
-            start=True,
-            liveness=True,
-        )
+        url, thread = start_server(factory)
         threads.append(thread)
-        _wait_for_http(f"http://127.0.0.1:{port}/liveness")
-        return f"http://127.0.0.1:{port}/app"
+        return url
 
     yield serve
     for thread in threads:
-        thread.stop()
-        thread.join(timeout=10)
-        for registry in (getattr(pn.state, "_servers", {}), getattr(pn.state, "_threads", {})):
-            registry.pop(getattr(thread, "server_id", None), None)
+        stop_server(thread)
     if alive := [thread for thread in threads if thread.is_alive()]:
         pytest.fail(f"{len(alive)} Panel server thread(s) did not stop")
 

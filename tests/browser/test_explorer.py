@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import panel as pn
 import pytest
 
-from tests.browser.conftest import LOCAL_HOSTS, _wait_for_http, _wait_for_panel, _wait_until, free_port
+from tests.browser.conftest import LOCAL_HOSTS, _wait_for_panel, _wait_until, start_server, stop_server
 
 # Every token span of the text view: (data-index, text, inline background colour, classes).
 SPANS_JS = """els => els.map(e => [Number(e.dataset.index), e.textContent, e.style.backgroundColor, e.className])"""
@@ -71,33 +70,18 @@ def server() -> Iterator[ExplorerServer]:
     from attviz.app import MAX_MESSAGE_BYTES, create_app, load_corpora
 
     load_corpora()  # read (or on a first run build, ~10 s) the demo corpus before a page waits for it
-    port = free_port()
-    served = ExplorerServer(f"http://127.0.0.1:{port}/app")
+    apps: list[Any] = []
 
     def factory() -> Any:
         template = create_app()
-        served.apps.append(template)
+        apps.append(template)
         return template
 
-    thread = pn.serve(
-        {"app": factory},
-        port=port,
-        address="127.0.0.1",
-        websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"],
-        websocket_max_message_size=MAX_MESSAGE_BYTES,
-        threaded=True,
-        show=False,
-        start=True,
-        liveness=True,
-    )
+    url, thread = start_server(factory, websocket_max_message_size=MAX_MESSAGE_BYTES)
     try:
-        _wait_for_http(f"http://127.0.0.1:{port}/liveness")
-        yield served
+        yield ExplorerServer(url, apps)
     finally:
-        thread.stop()
-        thread.join(timeout=10)
-        for registry in (getattr(pn.state, "_servers", {}), getattr(pn.state, "_threads", {})):
-            registry.pop(getattr(thread, "server_id", None), None)
+        stop_server(thread)
 
 
 def open_explorer(page: Any, server: ExplorerServer) -> Any:
