@@ -18,13 +18,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from attviz.atomic import write_text
 from attviz.corpus import Corpus, Document, token_frame, vector_array
 from attviz.errors import InputError
 from attviz.readers.base import Reader
@@ -406,14 +406,4 @@ def to_attviz_json(corpus: Corpus) -> list[dict[str, Any]]:
 def write_attviz_json(corpus: Corpus, path: str | os.PathLike) -> None:
     """Write a vectors corpus as original AttViz JSON, atomically (numbers as strings)."""
     instances = to_attviz_json(corpus)
-    path = Path(path)
-    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(instances, handle, ensure_ascii=False)
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(instances, ensure_ascii=False))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ import numpy as np
 import xarray as xr
 from xarray.backends import H5NetCDFStore
 
+from attviz.atomic import atomic_path
 from attviz.corpus import (
     KIND_STREAMS,
     TOKEN_FIELDS,
@@ -129,27 +129,20 @@ def _root_dataset(corpus: Corpus, rows: list, extra: dict[str, list], tokens: li
 def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
     """Write ``corpus`` to one netCDF4 file (atomically: a temporary file, then a rename)."""
     path = Path(path)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5netcdf.File(temp, "w") as root:
-            rows, tokens = [], []
-            extra: dict[str, list] = {"group": [], "kinds": [], "meta": []}
-            for index, doc in enumerate(corpus):
-                name = group_name(index)
-                group = root.create_group(f"docs/{name}")
-                for kind in doc.kinds:
-                    _encode(doc.get(kind), kind).dump_to_store(H5NetCDFStore(group.create_group(kind)))
-                rows.append(table_row(doc))
-                tokens.append(_token_tables(doc))
-                extra["group"].append(name)
-                extra["kinds"].append(",".join(doc.kinds))
-                extra["meta"].append(json.dumps(doc.meta, ensure_ascii=False, default=str))
-            _root_dataset(corpus, rows, extra, tokens).dump_to_store(H5NetCDFStore(root))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, h5netcdf.File(temp, "w") as root:
+        rows, tokens = [], []
+        extra: dict[str, list] = {"group": [], "kinds": [], "meta": []}
+        for index, doc in enumerate(corpus):
+            name = group_name(index)
+            group = root.create_group(f"docs/{name}")
+            for kind in doc.kinds:
+                _encode(doc.get(kind), kind).dump_to_store(H5NetCDFStore(group.create_group(kind)))
+            rows.append(table_row(doc))
+            tokens.append(_token_tables(doc))
+            extra["group"].append(name)
+            extra["kinds"].append(",".join(doc.kinds))
+            extra["meta"].append(json.dumps(doc.meta, ensure_ascii=False, default=str))
+        _root_dataset(corpus, rows, extra, tokens).dump_to_store(H5NetCDFStore(root))
     return path
 
 
