@@ -636,18 +636,19 @@ class Explorer(pn.viewable.Viewer):
 
     def export_document(self) -> bytes:
         """The current document as a netCDF file (bytes)."""
-        if self.document is None:
-            raise AttvizError("no document is open")
-        return _netcdf_bytes(Corpus([self.document], attrs=self._corpus(self.source).attrs))
+        return _netcdf_bytes(self._document_corpus())
 
     def export_page(self) -> str:
         """The current document as a self-contained interactive HTML page (see :func:`attviz.export.export_html`)."""
         from attviz.export import export_html
 
+        return export_html(self._document_corpus(), title=f"attviz: {self.doc_id}")
+
+    def _document_corpus(self) -> Corpus:
+        """The current document alone, as a corpus with its corpus's attrs (for exports)."""
         if self.document is None:
             raise AttvizError("no document is open")
-        corpus = Corpus([self.document], attrs=self._corpus(self.source).attrs)
-        return export_html(corpus, title=f"attviz: {self.doc_id}")
+        return Corpus([self.document], attrs=self._corpus(self.source).attrs)
 
     def export_corpus(self) -> bytes:
         """The current corpus (with any live documents) as a netCDF file (bytes)."""
