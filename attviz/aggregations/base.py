@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import param
@@ -19,6 +19,9 @@ import xarray as xr
 
 from attviz.corpus import TOKEN_FIELDS
 from attviz.registry import register_validator
+
+if TYPE_CHECKING:  # torch is heavy: imported only where a torch method runs
+    import torch
 
 ATTENTION_DIMS = ("layer", "head", "query", "key")
 VECTOR_DIMS = ("vector", "token")
@@ -96,6 +99,40 @@ class Aggregation(param.Parameterized):
         """The aggregation itself: pure, returns a new DataArray, keeps token coords."""
         raise NotImplementedError
 
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        """Optional: the same aggregation on a torch tensor (on its device, float32 math).
+
+        For on-device extraction: aggregate one document's attention before the copy to the host.
+
+        Parameters
+        ----------
+        values
+            One document's attention with dims :data:`ATTENTION_DIMS` ``(layer, head, query, key)``,
+            any float dtype, any device; token positions are ``0..n-1`` on both token axes.
+        special
+            Optional bool tensor of shape ``(key,)`` marking special tokens (``None``: none are).
+
+        Returns
+        -------
+        torch.Tensor
+            float32, on the device of ``values``, with dims exactly
+            ``self.output_dims(ATTENTION_DIMS)`` in that order, and values equal to :meth:`apply` on
+            the same data (up to float32 rounding, same NaN conventions).
+
+        Raises
+        ------
+        NotImplementedError
+            When the aggregation has no torch version (see :attr:`supports_torch`).
+        """
+        raise NotImplementedError(f"aggregation {self.id!r} has no torch version (apply_torch)")
+
+    @property
+    def supports_torch(self) -> bool:
+        """True when the class overrides :meth:`apply_torch` (no less derived than its :meth:`apply`,
+        so a subclass that changes ``apply`` only is not run with its parent's torch version)."""
+        torch_owner, apply_owner = _owner(type(self), "apply_torch"), _owner(type(self), "apply")
+        return torch_owner is not Aggregation and issubclass(torch_owner, apply_owner)
+
     def label(self, result: xr.DataArray, source: xr.DataArray) -> xr.DataArray:
         """Name the result and set ``long_name``, ``units`` and the ``aggregation`` spec."""
         before = source.attrs.get("aggregation")
@@ -125,6 +162,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Aggregation):
         return value.spec()
     return value
+
+
+def _owner(cls: type, method: str) -> type:
+    """The class of ``cls``'s MRO that defines ``method``."""
+    return next(c for c in cls.__mro__ if method in vars(c))
 
 
 def _ids() -> dict[type, str]:
@@ -230,6 +272,35 @@ def as_float(array: xr.DataArray, dtype: Any = np.float32) -> xr.DataArray:
 def values(array: xr.DataArray, dtype: Any = np.float64) -> np.ndarray:
     """The data as an in-memory numpy array of ``dtype`` (computes a dask array)."""
     return np.asarray(array.data, dtype=dtype)
+
+
+def attention_tensor(values: torch.Tensor) -> torch.Tensor:
+    """``values`` checked by :func:`check_attention`, as float32 (no copy when it already is)."""
+    return check_attention(values).float()
+
+
+def check_attention(values: torch.Tensor) -> torch.Tensor:
+    """``values`` unchanged once checked to be a float tensor with dims ``(layer, head, query, key)``."""
+    if values.ndim != len(ATTENTION_DIMS):
+        raise DimsError(
+            f"apply_torch needs a tensor with dims {fmt_dims(ATTENTION_DIMS)}, got shape {tuple(values.shape)}",
+            needs=fmt_dims(ATTENTION_DIMS),
+        )
+    if not values.is_floating_point():
+        raise TypeError(f"attention must be a float tensor, got {values.dtype}")
+    return values
+
+
+def special_tensor(special: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """The ``(key,)`` bool special-token mask on the device of ``values`` (all False for ``None``)."""
+    import torch
+
+    n_key = values.shape[-1]
+    if special is None:
+        return torch.zeros(n_key, dtype=torch.bool, device=values.device)
+    if tuple(special.shape) != (n_key,):
+        raise ValueError(f"special must have shape ({n_key},) (one flag per key), got {tuple(special.shape)}")
+    return special.to(device=values.device, dtype=torch.bool)
 
 
 def drop_token_coords(array: xr.DataArray, dim: str) -> xr.DataArray:

@@ -8,12 +8,17 @@ query position q with ``causal=True`` (a decoder's query q sees q + 1 keys; the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import param
 import xarray as xr
 
-from attviz.aggregations.base import Aggregation, replace_dims, to_token
+from attviz.aggregations.base import Aggregation, attention_tensor, replace_dims, to_token
 from attviz.aggregations.reductions import CLARK
+
+if TYPE_CHECKING:
+    import torch
 
 
 def entropy_kernel(a: np.ndarray) -> np.ndarray:
@@ -23,6 +28,32 @@ def entropy_kernel(a: np.ndarray) -> np.ndarray:
     p = p / np.where(total > 0, total, 1)
     # 0 ln 0 = 0: where p == 0 take ln 1 = 0
     return -np.einsum("...k,...k->...", p, np.log(np.where(p > 0, p, 1)))
+
+
+def entropy_torch(p: torch.Tensor) -> torch.Tensor:
+    """:func:`entropy_kernel` for a float32 tensor, on its device."""
+    import torch
+
+    total = p.sum(-1, keepdim=True)
+    p = p / torch.where(total > 0, total, 1.0)
+    # 0 ln 0 = 0: where p == 0 take ln 1 = 0 (in place: one full-size temporary fewer)
+    return -torch.where(p > 0, p, 1.0).log_().mul_(p).sum(-1)
+
+
+def row_entropy_torch(values: torch.Tensor, normalised: bool = False, causal: bool = False) -> torch.Tensor:
+    """:func:`row_entropy` of a ``(layer, head, query, key)`` tensor: ``(layer, head, query)`` float32."""
+    import torch
+
+    h = entropy_torch(attention_tensor(values))
+    if normalised:
+        n_query, n_key = values.shape[-2:]
+        if causal:
+            count = torch.arange(1, n_query + 1, device=h.device, dtype=torch.float32)
+        else:
+            count = torch.tensor(float(n_key), device=h.device, dtype=torch.float32)
+        largest = count.log()
+        h = torch.where(largest > 0, h / torch.where(largest > 0, largest, 1.0), 0.0)
+    return h
 
 
 def row_entropy(array: xr.DataArray, normalised: bool = False, causal: bool = False) -> xr.DataArray:
@@ -72,6 +103,9 @@ class Entropy(Aggregation):
         h = row_entropy(array, self.normalised, self.causal)
         return to_token(h.transpose(*(d for d in array.dims if d != "key")), "query")
 
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        return row_entropy_torch(values, self.normalised, self.causal)
+
 
 class HeadEntropy(Entropy):
     """Mean attention entropy of each head over its query tokens (Clark et al. 2019, Fig. 4)."""
@@ -87,3 +121,9 @@ class HeadEntropy(Entropy):
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         return row_entropy(array, self.normalised, self.causal).mean("query")
+
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        import torch
+
+        # xarray's mean skips NaN rows (skipna defaults to True for floats): nanmean
+        return torch.nanmean(row_entropy_torch(values, self.normalised, self.causal), dim=-1)

@@ -16,12 +16,19 @@ sums to less than 1). ``previous``/``next``/``self`` need self-attention (as man
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import param
 import xarray as xr
 
-from attviz.aggregations.base import Aggregation, replace_dims
+from attviz.aggregations.base import Aggregation, attention_tensor, replace_dims, special_tensor
+from attviz.aggregations.entropy import entropy_torch
 from attviz.aggregations.reductions import CLARK
+
+if TYPE_CHECKING:
+    import torch
 
 STATISTICS = {  # name: (long name, units)
     "entropy": ("mean attention entropy", "nat"),
@@ -49,6 +56,34 @@ def head_statistics(a: np.ndarray, qpos: np.ndarray, kpos: np.ndarray, special: 
             out[name] = np.diagonal(a, offset=offset, axis1=-2, axis2=-1).mean(-1)
         else:
             out[name] = np.full(a.shape[:-2], np.nan, dtype=a.dtype)
+    return out
+
+
+def head_statistics_torch(a: torch.Tensor, special: torch.Tensor, names: Sequence[str] = tuple(STATISTICS)) -> dict:
+    """:func:`head_statistics` of the statistics ``names`` for a float32 ``(..., query, key)`` tensor
+    with positions ``0..n-1`` and a ``(key,)`` bool ``special`` mask; on the tensor's device."""
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    n_query, n_key = a.shape[-2:]
+    if "entropy" in names:
+        out["entropy"] = entropy_torch(a).mean(-1)
+    if "distance" in names:
+        qpos = torch.arange(n_query, device=a.device)
+        kpos = torch.arange(n_key, device=a.device)
+        distance = (qpos[:, None] - kpos[None, :]).abs().to(a.dtype)
+        # elementwise, not a matmul: float32 accumulation even where TF32 matmuls are allowed
+        out["distance"] = (a * distance).sum(-1).mean(-1)
+    if "special" in names:
+        out["special"] = (a * special.to(a.dtype)).sum(-1).mean(-1)
+    square = n_query == n_key
+    for name, offset in (("previous", -1), ("next", 1), ("self", 0)):
+        if name not in names:
+            continue
+        if square and n_key > abs(offset):
+            out[name] = torch.diagonal(a, offset=offset, dim1=-2, dim2=-1).mean(-1)
+        else:
+            out[name] = torch.full(a.shape[:-2], float("nan"), dtype=a.dtype, device=a.device)
     return out
 
 
@@ -103,3 +138,11 @@ class HeadSummary(Aggregation):
                 "statistic_units": ("statistic", np.asarray([STATISTICS[n][1] for n in names], dtype=object)),
             },
         )
+
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        import torch
+
+        a = attention_tensor(values)
+        names = [self.statistic] if self.statistic in STATISTICS else list(STATISTICS)
+        stats = head_statistics_torch(a, special_tensor(special, a), names)
+        return stats[names[0]] if self.statistic in STATISTICS else torch.stack([stats[n] for n in names], dim=-1)

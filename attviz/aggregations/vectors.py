@@ -6,11 +6,16 @@ the token coords (``token_text``, ``token_start`` ...), so views treat every vec
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import param
 import xarray as xr
 
-from attviz.aggregations.base import Aggregation, as_float, replace_dims, to_token
+from attviz.aggregations.base import Aggregation, as_float, attention_tensor, check_attention, replace_dims, to_token
+
+if TYPE_CHECKING:
+    import torch
 
 VIG = (
     'Vig & Belinkov 2019, "Analyzing the Structure of Attention in a Transformer Language Model", '
@@ -41,6 +46,9 @@ class AttentionReceived(Aggregation):
         # accumulate in float32 without an upcast copy of the whole array
         return to_token(array.mean("query", dtype=np.float32, skipna=False), "key")
 
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        return attention_tensor(values).mean(dim=2)
+
 
 class AttentionFrom(Aggregation):
     """The attention row of one query token, e.g. ``[CLS]`` (0) or the last token (-1).
@@ -64,11 +72,20 @@ class AttentionFrom(Aggregation):
         return replace_dims(input_dims, drop=("query",), rename={"key": "token"})
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
-        n = array.sizes["query"]
-        if not -n <= self.query < n:
-            raise IndexError(f"query {self.query} is out of range for {n} query tokens")
+        self._check_query(array.sizes["query"])
         row = as_float(array.isel(query=self.query))
         return to_token(row.drop_vars([c for c in row.coords if c.startswith("query")]), "key")
+
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        import torch
+
+        values = check_attention(values)
+        return values[:, :, self._check_query(values.shape[2])].to(torch.float32, copy=True)
+
+    def _check_query(self, n: int) -> int:
+        if not -n <= self.query < n:
+            raise IndexError(f"query {self.query} is out of range for {n} query tokens")
+        return self.query
 
 
 class Diagonal(Aggregation):
@@ -87,12 +104,23 @@ class Diagonal(Aggregation):
         return replace_dims(input_dims, drop=("key",), rename={"query": "token"})
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
-        n = array.sizes["query"]
-        if array.sizes["key"] != n:
-            raise ValueError(
-                f"the diagonal needs as many keys as queries (got {n} queries, "
-                f"{array.sizes['key']} keys): is this cross-attention?"
-            )
+        n = self._check_square(array.sizes["query"], array.sizes["key"])
         index = xr.DataArray(np.arange(n), dims="query")
         diagonal = array.isel(key=index)  # pointwise: key i for query i
         return to_token(as_float(diagonal), "query")
+
+    def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
+        import torch
+
+        values = check_attention(values)
+        self._check_square(values.shape[2], values.shape[3])
+        return torch.diagonal(values, dim1=2, dim2=3).to(torch.float32, copy=True)
+
+    @staticmethod
+    def _check_square(n_query: int, n_key: int) -> int:
+        if n_key != n_query:
+            raise ValueError(
+                f"the diagonal needs as many keys as queries (got {n_query} queries, "
+                f"{n_key} keys): is this cross-attention?"
+            )
+        return n_query
