@@ -44,10 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     p.add_argument(
         "--compression",
-        default="zstd",
-        choices=["zstd", "none", "uint8"],
-        help="chunks: zstd (lossless float16, default), none, or uint8 (quantised per row, ~4x smaller, "
+        default="lz4",
+        choices=["lz4", "zstd", "none", "uint8"],
+        help="chunks: lz4 (lossless float16, blosc lz4 + bitshuffle, default), zstd (lossless, slower), "
+        "none, or uint8 (quantised per row, ~4x smaller, "
         "max error row max / 510)",
+    )
+    keep = p.add_argument_group(
+        "storage policy", "what to keep per document (default: every matrix); reductions run on the model's device"
+    )
+    keep.add_argument("--layers", default=None, help="keep the matrices of these layers only, e.g. 0,4-5")
+    keep.add_argument("--heads", default=None, help="keep the matrices of these heads only, e.g. 0-3")
+    keep.add_argument(
+        "--vectors",
+        default=None,
+        help="also store token-level aggregations (comma-separated ids, parameters after ':', e.g. "
+        "attention_received,attention_from:query=0,entropy)",
+    )
+    keep.add_argument("--summary", action="store_true", help="also store per-head statistics (head_summary)")
+    keep.add_argument(
+        "--no-matrices",
+        action="store_true",
+        help="keep no matrices (only --vectors / --summary); the explorer recomputes a document on demand",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store / unfinished job")
     p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")
@@ -142,6 +160,7 @@ def _extract(args: argparse.Namespace) -> int:
     from attviz.extract import extract
     from attviz.inputs import read_texts
     from attviz.models import ZeroShotClassifier, load_model
+    from attviz.policy import StoragePolicy
 
     data = read_texts(
         args.input,
@@ -149,6 +168,13 @@ def _extract(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         id_column=args.id_column,
         target_column=args.target_column,
+    )
+    policy = StoragePolicy(
+        matrices=not args.no_matrices,
+        layers=args.layers,
+        heads=args.heads,
+        vectors=tuple(_split_specs(args.vectors)),
+        summary=args.summary,
     )
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     descriptions = ZeroShotClassifier.from_file(args.label_descriptions) if args.label_descriptions else None
@@ -166,12 +192,26 @@ def _extract(args: argparse.Namespace) -> int:
         store=args.output,
         overwrite=args.overwrite,
         compression=args.compression,
+        policy=policy,
         progress=not args.quiet,
         force=args.force,
     )
     if not args.quiet:
         print(f"wrote {len(corpus)} documents to {args.output}", file=sys.stderr)
     return 0
+
+
+def _split_specs(text: str | None) -> list[str]:
+    """``"a,b:x=1,y=2,c"`` → ``["a", "b:x=1,y=2", "c"]``: a comma before ``name=`` continues a spec."""
+    specs: list[str] = []
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        if specs and "=" in part and ":" not in part and ":" in specs[-1]:
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return specs
 
 
 def _print_info(corpus, as_json: bool) -> None:
@@ -214,13 +254,11 @@ def _export(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise AttvizError(f"{out} already exists; pass --overwrite to replace it")
 
+    from attviz.policy import parse_indices
+
     def ints(text: str | None, what: str) -> list[int] | None:
-        if text is None:
-            return None
-        try:
-            return [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise AttvizError(f"--{what} takes comma-separated integers, not {text!r}") from None
+        values = parse_indices(text, f"--{what}")
+        return None if values is None else list(values)
 
     window = None
     if args.window:

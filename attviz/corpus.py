@@ -6,7 +6,10 @@ A document's attention is an :class:`xarray.DataArray` per *kind*:
 - ``"encoder"``, ``"decoder"``, ``"cross"``: encoder-decoder models (cross has decoder queries and
   encoder keys);
 - ``"vectors"``: per-token vectors without matrices, dims ``("vector", "token")`` (the original
-  AttViz format stores only these).
+  AttViz format stores only these);
+- ``"<kind>_vectors"`` (e.g. ``"self_vectors"``): token-level aggregations kept by a storage policy,
+  dims ``("vector", "layer", "head", "token")``, and ``"<kind>_summary"``: per-head statistics,
+  dims ``("layer", "head", "statistic")`` (see :mod:`attviz.policy`).
 
 Every token dimension ``d`` (``query``, ``key``, ``token``) carries the integer position as its index
 and the non-dimension coordinates ``d_text`` (token string), ``d_word`` (word index, -1 for special
@@ -27,6 +30,10 @@ import pandas as pd
 import xarray as xr
 
 TOKEN_FIELDS = ("text", "word", "start", "end", "special")
+VECTORS = "_vectors"  # suffix of a kind's stored token-level aggregations (a storage policy's)
+SUMMARY = "_summary"  # suffix of a kind's stored head statistics
+VECTOR_DIMS = ("vector", "layer", "head", "token")
+SUMMARY_DIMS = ("layer", "head", "statistic")
 MATRIX_KINDS = ("self", "encoder", "decoder", "cross")
 # Which token stream the query/key axis of each matrix kind indexes.
 # Table columns that describe the store layout, not the documents.
@@ -116,6 +123,69 @@ def vector_array(values: Any, tokens: pd.DataFrame, names: Sequence[str], *, nam
     )
 
 
+def token_vectors_array(
+    values: Any,
+    tokens: pd.DataFrame,
+    names: Sequence[str],
+    *,
+    long_names: Sequence[str] | None = None,
+    units: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    name: str = "vectors",
+) -> xr.DataArray:
+    """Wrap stored token-level aggregations ``(vector, layer, head, token)``; ``names`` are their specs."""
+    n_vectors, n_layers, n_heads, n_tokens = values.shape
+    if n_tokens != len(tokens) or n_vectors != len(names):
+        raise ValueError(
+            f"vectors of shape {tuple(values.shape)} do not match {len(names)} names and {len(tokens)} tokens"
+        )
+    coords = {
+        "vector": np.asarray(list(names), dtype=object),
+        "vector_long_name": ("vector", np.asarray(list(long_names or names), dtype=object)),
+        "vector_units": ("vector", np.asarray(list(units or ["1"] * n_vectors), dtype=object)),
+        "layer": np.asarray(layers if layers is not None else range(n_layers), dtype=np.int32),
+        "head": np.asarray(heads if heads is not None else range(n_heads), dtype=np.int32),
+        **token_coords(tokens, "token"),
+    }
+    return xr.DataArray(
+        values, dims=VECTOR_DIMS, coords=coords, name=name, attrs={"long_name": "token-level attention", "units": "1"}
+    )
+
+
+def summary_array(
+    values: Any,
+    statistics: Sequence[str],
+    units: Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    name: str = "head_summary",
+) -> xr.DataArray:
+    """Wrap stored per-head statistics ``(layer, head, statistic)`` (as ``head_summary`` gives them)."""
+    n_layers, n_heads, _ = values.shape
+    coords = {
+        "layer": np.asarray(layers if layers is not None else range(n_layers), dtype=np.int32),
+        "head": np.asarray(heads if heads is not None else range(n_heads), dtype=np.int32),
+        "statistic": np.asarray(list(statistics), dtype=object),
+        "statistic_units": ("statistic", np.asarray(list(units), dtype=object)),
+    }
+    return xr.DataArray(
+        values, dims=SUMMARY_DIMS, coords=coords, name=name, attrs={"long_name": "head summary", "units": "mixed"}
+    )
+
+
+def kind_role(kind: str) -> tuple[str, str]:
+    """``(role, matrix kind)``: ``matrix``, ``vectors`` (a policy's token-level aggregations),
+    ``summary`` (its head statistics) or ``legacy`` (AttViz ``(vector, token)`` data)."""
+    if kind in KIND_STREAMS:
+        return "matrix", kind
+    for role, suffix in (("vectors", VECTORS), ("summary", SUMMARY)):
+        if kind.endswith(suffix) and kind[: -len(suffix)] in KIND_STREAMS:
+            return role, kind[: -len(suffix)]
+    return "legacy", kind
+
+
 def tokens_of(array: xr.DataArray, dim: str) -> pd.DataFrame:
     """The token table of one token dimension of a DataArray (inverse of :func:`token_coords`)."""
     return token_frame(*(np.asarray(array.coords[f"{dim}_{name}"].values) for name in TOKEN_FIELDS))
@@ -182,9 +252,12 @@ class Document:
     def token_table(self, stream: str = "source") -> pd.DataFrame:
         """Token table of a stream (``"source"`` or ``"target"``): text, word, start, end, special."""
         for kind, _array in self.arrays.items():
-            if kind == "vectors" and stream == "source":
+            role, base = kind_role(kind)
+            if role == "summary":
+                continue
+            if role in ("legacy", "vectors") and stream == KIND_STREAMS.get(base, ("source",))[0]:
                 return tokens_of(self.get(kind), "token")
-            if kind in KIND_STREAMS:
+            if role == "matrix":
                 query_stream, key_stream = KIND_STREAMS[kind]
                 if key_stream == stream:
                     return tokens_of(self.get(kind), "key")

@@ -29,8 +29,9 @@ import xarray as xr
 
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
-from attviz.corpus import MATRIX_KINDS, Corpus, Document
+from attviz.corpus import MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document
 from attviz.errors import AttvizError
+from attviz.policy import parse_aggregation
 
 #: How the heads of a layer are combined for the matrix and the token vector ("head": the selected one).
 HEAD_REDUCTIONS = {
@@ -212,6 +213,7 @@ class Explorer(pn.viewable.Viewer):
     def __init__(self, corpus: Corpus | Mapping[str, Corpus] | str | os.PathLike | None = None, **params: Any):
         self._memo: dict[str, _Memo] = {}
         self._keys: dict[str, Any] = {}
+        self._notice = ""  # what the user should know about the current outputs (not an error)
         self._busy_refresh = False
         self._views: list[Any] = []
         self._active_views: set[int] | None = None
@@ -289,12 +291,14 @@ class Explorer(pn.viewable.Viewer):
         fixes: dict[str, Any] = {}
         if doc is None:
             return fixes
-        kinds = [k for k in MATRIX_KINDS if k in doc.kinds] or ["vectors"]
+        kinds = [k for k in MATRIX_KINDS if k in doc.kinds or k + VECTORS in doc.kinds] or ["vectors"]
         self.param.kind.objects = kinds
         kind = self.kind if self.kind in kinds else kinds[0]
         if kind != self.kind:
             fixes["kind"] = kind
         attention = self._attention(doc, kind, self.transform)
+        if attention is None and kind + VECTORS in doc.kinds:
+            attention = doc.get(kind + VECTORS)  # a store that keeps token vectors only
         if attention is not None and "layer" in attention.dims:
             n_layers = attention.sizes["layer"]
             self.param.layer.bounds = (0, max(n_layers - 1, 0))
@@ -389,8 +393,9 @@ class Explorer(pn.viewable.Viewer):
         """Recompute the outputs whose inputs changed and set them in one batch."""
         with self._lock:
             try:
+                self._notice = ""
                 outputs = self._compute_outputs()
-                message = ""
+                message = self._notice
             except Exception as exc:  # a failing aggregation must not kill the session
                 outputs = {}
                 message = f"{type(exc).__name__}: {exc}"
@@ -422,6 +427,8 @@ class Explorer(pn.viewable.Viewer):
         att_key = (doc_key, self.kind, self.transform)
         out["attention"] = (att_key, attention)
         reduction = self.head_reduction
+        if attention is None and self.kind + VECTORS in doc.kinds:
+            return self._stored_outputs(out, doc, doc_key)
         if attention is None:  # legacy AttViz vectors only
             vectors = doc.vectors
             out["matrix"] = out["layer_matrices"] = (None, None)
@@ -452,6 +459,39 @@ class Explorer(pn.viewable.Viewer):
         summary_key = (doc_key, self.kind)
         out["head_summary"] = (summary_key, self._cached("head_summary", summary_key, lambda: self._summary(doc)))
         out["other_matrix"] = self._other(matrix_key)
+        return out
+
+    def _stored_outputs(self, out: dict, doc: Document, doc_key: Hashable) -> dict[str, tuple[Any, Any]]:
+        """Outputs of a document whose store keeps token vectors (and maybe head statistics) only."""
+        stored = doc.get(self.kind + VECTORS)
+        specs = [str(v) for v in stored["vector"].values]
+        spec = _stored_spec(specs, self.vector_aggregation)
+        out["matrix"] = out["layer_matrices"] = out["other_matrix"] = (None, None)
+        summary_kind = self.kind + SUMMARY
+        summary = doc.get(summary_kind) if summary_kind in doc.kinds else None
+        out["head_summary"] = ((doc_key, self.kind), summary)
+        model = self._corpus(self.source).attrs.get("model") or "its model"
+        if spec is None:
+            out["head_vectors"] = out["token_vector"] = (None, None)
+            self._notice = (
+                f"this store keeps no matrices, only {', '.join(specs)}: choose one of them under "
+                f"'Colour tokens by', or load {model} (--model) to recompute the matrices"
+            )
+            return out
+        vec_key = (doc_key, self.kind, spec, self.layer)
+        vector_coords = [c for c in stored.coords if c.startswith("vector")]
+
+        def compute() -> xr.DataArray:
+            return stored.sel(vector=spec).isel(layer=self.layer).drop_vars(vector_coords)
+
+        head_vectors = self._cached("head_vectors", vec_key, compute)
+        out["head_vectors"] = (vec_key, head_vectors)
+        tv_key = (vec_key, self.head, self.head_reduction)
+        out["token_vector"] = (tv_key, self._cached("token_vector", tv_key, lambda: self._reduce_heads(head_vectors)))
+        notes = [f"this store keeps token vectors only (showing {spec}); load {model} to see matrices"]
+        if self.transform != "none":
+            notes.append(f"'{self.transform}' needs the matrices")
+        self._notice = "; ".join(notes)
         return out
 
     def _following(self, agg: Aggregation | None) -> Aggregation | None:
@@ -691,6 +731,16 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+def _stored_spec(specs: list[str], agg: Aggregation | None) -> str | None:
+    """The stored vector that is ``agg``: same id and parameters, else the first with the same id."""
+    if agg is None:
+        return None
+    same = [s for s in specs if parse_aggregation(s)[0] == agg.id]
+    params = agg.params()
+    exact = [s for s in same if all(_same(params.get(k), v) for k, v in parse_aggregation(s)[1].items())]
+    return (exact or same or [None])[0]
 
 
 def _n_heads(attention: xr.DataArray | None, doc: Document) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from attviz.aggregations.heads import STATISTICS
+from attviz.capture import Capture
 from attviz.corpus import Corpus
 from attviz.errors import AttvizError, InputError
 from attviz.models import (
@@ -31,6 +33,7 @@ from attviz.models import (
     prepare_model,
     softmax_probabilities,
 )
+from attviz.policy import StoragePolicy
 from attviz.sinks import MemorySink, Sink, StoreSink
 from attviz.store import partial_path
 from attviz.tokenization import Unit, add_targets, make_batches, pad_batch, tokenize
@@ -64,7 +67,8 @@ def extract(
     callback: Callable[[int, int], None] | None = None,
     force: bool = False,
     max_new_tokens: int = 32,
-    compression: str = "zstd",
+    compression: str = "lz4",
+    policy: StoragePolicy | None = None,
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -88,7 +92,13 @@ def extract(
     callback
         Called as ``callback(done, total)`` after every batch (progress in apps).
     compression
-        ``"zstd"`` (level 1, lossless) or ``"none"`` for the stored float16 chunks.
+        How stored matrices are encoded: ``"lz4"`` (lossless float16, blosc lz4 + bitshuffle; the
+        default), ``"zstd"`` (lossless, level 1), ``"none"``, or ``"uint8"`` (per row with a float32
+        scale, max abs error row max / 510). See :class:`attviz.store.StoreWriter`.
+    policy
+        What to keep per document (:class:`attviz.policy.StoragePolicy`): every matrix (default),
+        some layers/heads, token-level aggregations and head summaries computed on the device, or
+        only those (the explorer then recomputes a document's matrices on demand).
     force
         Write even when the estimated store size exceeds the free disk space.
     """
@@ -103,6 +113,8 @@ def extract(
         raise AttvizError("sliding windows are not supported for encoder-decoder models; use truncate")
     max_length = _max_length(loaded, max_length)
     predictor = _predictor(label_descriptions, loaded)
+    policy = policy or StoragePolicy()
+    policy.check(*_shape(loaded))
 
     units = tokenize(loaded, texts, ids, labels, max_length=max_length, long_texts=long_texts, stride=stride)
     if loaded.encoder_decoder:
@@ -114,25 +126,30 @@ def extract(
         "dtype": str(dtype or "float32"),
         "predictor": "zero-shot" if predictor else ("classifier" if loaded.label_names else ""),
         "label_descriptions": dict(zip(predictor.labels, predictor.descriptions, strict=True)) if predictor else {},
+        "policy": policy.settings(),
     }
     attrs = _corpus_attrs(loaded, settings, predictor)
-    estimate = estimate_bytes(loaded, units)
+    attrs["storage_policy"] = policy.describe()
+    estimate = estimate_bytes(loaded, units, policy)
     truncated = sum(u.truncated for u in units)
     if progress:
         note = f"; {truncated} truncated at {max_length} tokens" if truncated else ""
         print(
-            f"attviz: {len(units)} documents{note}; estimated size {_human(estimate)} "
-            "(float16 matrices, before compression)",
+            f"attviz: {len(units)} documents{note}; keeping {policy.describe()}; estimated size "
+            f"{_human(estimate)} (float16 matrices, before compression)",
             file=sys.stderr,
         )
     if store is not None:
         _check_disk(store, estimate, force)
 
     sink: Sink = (
-        StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume, compression)
+        StoreSink(store, _fingerprint(loaded, settings, units), overwrite, resume, compression, policy)
         if store
-        else MemorySink()
+        else MemorySink(policy)
     )
+    # on an accelerator, quantise before the copy (half the bytes over the bus); on the CPU the writer
+    # thread does it, overlapping the next forward pass
+    capture = Capture(policy, quantize_on_device=compression == "uint8" and loaded.device.type != "cpu")
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
     todo = [u for u in units if u.index not in sink.done]
@@ -145,9 +162,7 @@ def extract(
     finished = len(units) - len(todo)
     try:
         for batch in batches:
-            results = run_batch(loaded, batch, predictor)
-            attrs.setdefault("causal", int(_is_causal(results[0][1])))
-            sink.write_batch(results)
+            sink.write_batch(run_batch(loaded, batch, predictor, capture))
             bar.update(len(batch))
             finished += len(batch)
             if callback is not None:
@@ -163,7 +178,7 @@ def extract(
             ) from exc
         raise
     bar.close()
-    attrs.setdefault("causal", 0)
+    attrs["causal"] = int(bool(capture.causal))
     return sink.finish(attrs, units, label_names)
 
 
@@ -237,54 +252,69 @@ def _predictor(descriptions: Any, loaded: LoadedModel) -> ZeroShotClassifier | N
 
 
 # -- running ---------------------------------------------------------------------------------------
-def _stack(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(layers of (B, H, Q, K)) -> float16 (B, L, H, Q, K) on the host."""
-    return torch.stack([a.to(torch.float16) for a in attentions], dim=1).cpu()
+def _padded(sequences: Sequence[Sequence[int]]) -> bool:
+    return len({len(s) for s in sequences}) > 1
 
 
-def run_batch(loaded: LoadedModel, batch: Sequence[Unit], predictor: ZeroShotClassifier | None = None):
-    """Forward one batch; return ``(unit, {kind: float16 array}, probabilities or None)`` per unit."""
+def run_batch(
+    loaded: LoadedModel,
+    batch: Sequence[Unit],
+    predictor: ZeroShotClassifier | None = None,
+    capture: Capture | None = None,
+):
+    """Forward one batch; return ``(unit, {array name: host value}, probabilities or None)`` per unit.
+
+    The arrays are what ``capture``'s storage policy keeps (default: every float16 matrix, as
+    ``"self"`` or ``"encoder"``/``"decoder"``/``"cross"``), possibly still being copied from the
+    device: :func:`attviz.capture.materialize` gives numpy. A batch whose documents all have the same
+    length needs no attention mask, and gets none (the mask builder is not free, and on a GPU it may
+    synchronise).
+    """
+    capture = capture or Capture()
     pad_id = loaded.tokenizer.pad_token_id
     input_ids, mask = pad_batch([u.input_ids for u in batch], pad_id, loaded.device)
-    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+    kwargs: dict[str, Any] = {"input_ids": input_ids}
+    if _padded([u.input_ids for u in batch]):
+        kwargs["attention_mask"] = mask
     if loaded.encoder_decoder:
         dec_ids, dec_mask = pad_batch([u.target_ids for u in batch], pad_id, loaded.device)
-        kwargs.update(decoder_input_ids=dec_ids, decoder_attention_mask=dec_mask)
+        kwargs["decoder_input_ids"] = dec_ids
+        if _padded([u.target_ids for u in batch]):
+            kwargs["decoder_attention_mask"] = dec_mask
     with torch.inference_mode():
         out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
-    config = loaded.config
-    if loaded.encoder_decoder:
-        stacks = {
-            "encoder": (out.encoder_attentions, expected_layers(config, "encoder")),
-            "decoder": (out.decoder_attentions, expected_layers(config, "decoder")),
-            "cross": (out.cross_attentions, expected_layers(config, "decoder")),
+        config = loaded.config
+        if loaded.encoder_decoder:
+            stacks = {
+                "encoder": (out.encoder_attentions, expected_layers(config, "encoder")),
+                "decoder": (out.decoder_attentions, expected_layers(config, "decoder")),
+                "cross": (out.cross_attentions, expected_layers(config, "decoder")),
+            }
+        else:
+            stacks = {"self": (out.attentions, expected_layers(config, "self"))}
+        lengths = [(len(u.input_ids), len(u.target_ids or ())) for u in batch]
+        sizes = {
+            "self": [(n, n) for n, _ in lengths],
+            "encoder": [(n, n) for n, _ in lengths],
+            "decoder": [(m, m) for _, m in lengths],
+            "cross": [(m, n) for n, m in lengths],
         }
-    else:
-        stacks = {"self": (out.attentions, expected_layers(config, "self"))}
-    matrices = {}
-    for kind, (attentions, layers) in stacks.items():
-        check_attentions(attentions, kind, loaded.name, layers)
-        matrices[kind] = _stack(attentions).numpy()
-    probabilities = None
-    if predictor is not None:
-        probabilities = predictor(out.last_hidden_state, mask).cpu().numpy()
-    elif loaded.label_names and getattr(out, "logits", None) is not None:
-        probabilities = softmax_probabilities(out.logits).cpu().numpy()
-    results = []
-    for b, unit in enumerate(batch):
-        n = len(unit.input_ids)
-        m = len(unit.target_ids or ())
-        sizes = {"self": (n, n), "encoder": (n, n), "decoder": (m, m), "cross": (m, n)}
-        arrays = {kind: values[b, :, :, : sizes[kind][0], : sizes[kind][1]] for kind, values in matrices.items()}
-        results.append((unit, arrays, None if probabilities is None else probabilities[b]))
-    return results
-
-
-def _is_causal(arrays: dict[str, np.ndarray]) -> bool:
-    values = arrays.get("self", arrays.get("decoder"))
-    if values is None or values.shape[-1] < 2:
-        return False
-    return not np.triu(values.astype(np.float32), k=1).any()
+        streams = {"self": "tokens", "encoder": "tokens", "decoder": "target_tokens", "cross": "tokens"}
+        arrays: list[dict[str, Any]] = [{} for _ in batch]
+        for kind, (attentions, layers) in stacks.items():
+            check_attentions(attentions, kind, loaded.name, layers)
+            special = [np.asarray(getattr(u, streams[kind])["special"], dtype=bool) for u in batch]
+            n = sizes[kind][0][0]
+            if capture.causal is None and kind in ("self", "decoder") and n > 1:  # once per job
+                capture.causal = not bool(torch.triu(attentions[0][0, :, :n, :n].float(), 1).any())
+            for b, kept in enumerate(capture.kind(kind, attentions, sizes[kind], special)):
+                arrays[b].update(kept)
+        probabilities = None
+        if predictor is not None:
+            probabilities = predictor(out.last_hidden_state, mask).cpu().numpy()
+        elif loaded.label_names and getattr(out, "logits", None) is not None:
+            probabilities = softmax_probabilities(out.logits).cpu().numpy()
+    return [(unit, arrays[b], None if probabilities is None else probabilities[b]) for b, unit in enumerate(batch)]
 
 
 # -- bookkeeping ---------------------------------------------------------------------------------------
@@ -319,19 +349,31 @@ def _fingerprint(loaded: LoadedModel, settings: dict[str, Any], units: Sequence[
     return digest.hexdigest()
 
 
-def estimate_bytes(loaded: LoadedModel, units: Sequence[Unit]) -> int:
-    """Bytes of float16 matrices the units will store (before compression)."""
+def _shape(loaded: LoadedModel) -> tuple[int, int]:
+    """(layers, heads) of the model's main attention."""
     config = loaded.config
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "num_heads", 0) or 1)
-    total = 0
+    return expected_layers(config, "encoder" if loaded.encoder_decoder else "self") or 1, heads
+
+
+def estimate_bytes(loaded: LoadedModel, units: Sequence[Unit], policy: StoragePolicy | None = None) -> int:
+    """Bytes the units will store as ``policy`` says (float16 matrices before compression, float32
+    vectors and summaries)."""
+    policy = policy or StoragePolicy()
+    config = loaded.config
+    layers, heads = _shape(loaded)
+    share = policy.matrix_bytes_share(layers, heads)
+    per_token = len(policy.vectors) * 4 + (len(STATISTICS) * 4 if policy.summary else 0)
+    total = 0.0
     for unit in units:
         n, m = len(unit.input_ids), len(unit.target_ids or ())
         if loaded.encoder_decoder:
-            total += (expected_layers(config, "encoder") or 1) * heads * n * n
-            total += (expected_layers(config, "decoder") or 1) * heads * (m * m + m * n)
+            decoder_layers = expected_layers(config, "decoder") or 1
+            total += share * 2 * (layers * heads * n * n + decoder_layers * heads * (m * m + m * n))
+            total += per_token * heads * (layers * n + decoder_layers * m)
         else:
-            total += (expected_layers(config, "self") or 1) * heads * n * n
-    return total * 2
+            total += share * 2 * layers * heads * n * n + per_token * layers * heads * n
+    return int(total)
 
 
 def _check_disk(store: str | os.PathLike, estimate: int, force: bool) -> None:

@@ -53,6 +53,7 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
     from attviz.store import describe_encoding
 
     info["matrix_encoding"] = describe_encoding(attrs) or None
+    info["storage_policy"] = attrs.get("storage_policy") or None
     return info
 
 
@@ -80,6 +81,8 @@ def format_summary(info: dict[str, Any]) -> str:
         ratio = info.get("compression_ratio")
         extra = f" ({ratio:.2f}x smaller than raw float16)" if ratio else ""
         lines.append(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB{extra}")
+    if info.get("storage_policy"):
+        lines.append(f"keeps       {info['storage_policy']}")
     if info.get("matrix_encoding"):
         lines.append(f"matrices    {info['matrix_encoding']}")
     return "\n".join(lines)

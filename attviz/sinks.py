@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table
-from attviz.store import StoreWriter
+from attviz.capture import array_attrs, materialize
+from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table, kind_role
+from attviz.policy import StoragePolicy
+from attviz.store import Quantized, StoreWriter, dequantize_rows, stored_array
 from attviz.tokenization import Unit
 
 
@@ -43,6 +45,14 @@ def _unit_tokens(unit: Unit) -> dict[str, pd.DataFrame]:
 class Sink:
     done: set[int]
     label_names: Sequence[str] = ()
+    policy: StoragePolicy = StoragePolicy()
+
+    def host_arrays(self, arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """A document's arrays as numpy (waiting for their device copies) and their store attrs."""
+        attrs: dict[str, dict[str, Any]] = {}
+        for base in {kind_role(kind)[1] for kind in arrays}:
+            attrs.update(array_attrs(self.policy, base))
+        return {k: materialize(v) for k, v in arrays.items()}, {k: attrs.get(k, {}) for k in arrays}
 
     def write_batch(self, results: list) -> None: ...
     def drain(self) -> None: ...
@@ -51,25 +61,34 @@ class Sink:
 
 
 class MemorySink(Sink):
-    def __init__(self) -> None:
+    def __init__(self, policy: StoragePolicy | None = None) -> None:
+        self.policy = policy or StoragePolicy()
         self.done = set()
         self.results: dict[int, tuple] = {}
 
     def write_batch(self, results: list) -> None:
         for unit, arrays, probs in results:
-            self.results[unit.index] = (unit, arrays, probs)
+            self.results[unit.index] = (unit, *self.host_arrays(arrays), probs)
             self.done.add(unit.index)
 
     def finish(self, attrs, units, label_names) -> Corpus:
         documents = []
         for index in sorted(self.results):
-            unit, arrays, probs = self.results[index]
+            unit, arrays, array_attrs, probs = self.results[index]
             row = _row(unit, probs, label_names)
             tokens = _unit_tokens(unit)
             data = {}
             for kind, values in arrays.items():
-                q, k = KIND_STREAMS[kind]
-                data[kind] = attention_array(values, tokens[q], tokens[k], name=kind if kind != "self" else "attention")
+                role, base = kind_role(kind)
+                q, k = KIND_STREAMS[base]
+                if role != "matrix":
+                    data[kind] = stored_array(kind, values, array_attrs[kind], tokens[q])
+                    continue
+                if isinstance(values, Quantized):
+                    values = dequantize_rows(values.q, values.scale)
+                name = kind if kind != "self" else "attention"
+                where = {"layers": array_attrs[kind].get("layer"), "heads": array_attrs[kind].get("head")}
+                data[kind] = attention_array(values, tokens[q], tokens[k], name=name, **where)
             documents.append(
                 Document(
                     id=unit.id,
@@ -89,8 +108,17 @@ class MemorySink(Sink):
 class StoreSink(Sink):
     """Writes finished documents from one background thread, overlapping the next forward pass."""
 
-    def __init__(self, store: str | os.PathLike, fingerprint: str, overwrite: bool, resume: bool, compression: str):
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        fingerprint: str,
+        overwrite: bool,
+        resume: bool,
+        compression: str,
+        policy: StoragePolicy | None = None,
+    ):
         self.store = Path(store)
+        self.policy = policy or StoragePolicy()
         self.writer = StoreWriter(
             store, fingerprint=fingerprint, overwrite=overwrite, resume=resume, compression=compression
         )
@@ -104,13 +132,8 @@ class StoreSink(Sink):
 
     def _write(self, results: list) -> None:
         for unit, arrays, probs in results:
-            self.writer.write(
-                unit.index,
-                _row(unit, probs, self.label_names),
-                _unit_tokens(unit),
-                arrays,
-                {kind: {} for kind in arrays},
-            )
+            values, attrs = self.host_arrays(arrays)
+            self.writer.write(unit.index, _row(unit, probs, self.label_names), _unit_tokens(unit), values, attrs)
         self.writer.flush()
 
     def write_batch(self, results: list) -> None:

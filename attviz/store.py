@@ -13,8 +13,9 @@ With ``compression="uint8"`` a matrix is stored as uint8 ``self`` plus float32 `
 rows of attention); the reader decodes it to float32 transparently.
 
 Documents are written straight to disk as zarr v3 metadata (``zarr.json``) and chunk files (the zarr
-v3 core spec: ``bytes`` codec, then ``zstd``), which costs a fraction of zarr-python's per-array
-path; the result is an ordinary zarr store that ``zarr.open_group`` and ``xarray.open_zarr`` read.
+v3 core spec: ``bytes`` codec, then ``blosc`` lz4 + bitshuffle by default), which costs a fraction
+of zarr-python's per-array path; the result is an ordinary zarr store that ``zarr.open_group`` and
+``xarray.open_zarr`` read.
 While a store is being written it lives in ``STORE.partial/`` next to a ``progress.jsonl`` that lists
 finished documents; an interrupted extraction resumes from there. Only a complete store is renamed
 to ``STORE``, so a crash never leaves something that opens as a valid store.
@@ -38,19 +39,25 @@ import zarr
 
 from attviz.corpus import (
     KIND_STREAMS,
+    SUMMARY_DIMS,
     TOKEN_FIELDS,
+    VECTOR_DIMS,
     Corpus,
     Document,
     attention_array,
     document_from_table,
+    kind_role,
+    summary_array,
     table_from_rows,
     table_row,
     token_frame,
+    token_vectors_array,
     tokens_of,
     vector_array,
 )
 from attviz.errors import StoreError
 from attviz.zarr3 import (
+    BLOSC_LEVEL,
     ZSTD_LEVEL,
     consolidate,
     group_meta,
@@ -66,10 +73,12 @@ FORMAT_VERSION = 1  # float16 stores
 QUANTIZED_FORMAT_VERSION = 2  # uint8 stores: an attviz that reads only format 1 must refuse them
 READABLE_VERSION = 2
 PROGRESS = "progress.jsonl"
-COMPRESSION = ("zstd", "none", "uint8")
+COMPRESSION = ("lz4", "zstd", "none", "uint8")
+DEFAULT_COMPRESSION = "lz4"
 SETTINGS = "settings.json"
 UINT8 = "uint8-row-scale"  # the name of the quantised encoding, in attrs
 MATRIX_DIMS = ("layer", "head", "query", "key")
+_DIMS = {"legacy": ("vector", "token"), "vectors": VECTOR_DIMS, "summary": SUMMARY_DIMS}
 
 # zarr 3 warns that consolidated metadata and variable-length strings are not yet in the v3 spec.
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*", category=UserWarning)
@@ -119,7 +128,7 @@ def quantize_rows(values: np.ndarray) -> Quantized:
     for i in range(values.shape[0]) if values.ndim > 2 else [...]:  # one layer at a time: stays in cache
         x = _as_float32(values[i])
         if x.min() < 0:
-            raise StoreError("uint8 storage needs non-negative values (attention); use compression='zstd'")
+            raise StoreError("uint8 storage needs non-negative values (attention); use compression='lz4'")
         peak = x.max(axis=-1)
         finite = np.isfinite(peak)
         inv = np.divide(np.float32(255), peak, out=np.zeros_like(peak), where=finite & (peak > 0))
@@ -133,13 +142,14 @@ def quantize_rows(values: np.ndarray) -> Quantized:
     return Quantized(q, scale)
 
 
-def quantize_rows_torch(values: Any) -> Quantized:
+def quantize_rows_torch(values: Any, host: bool = True) -> Quantized:
     """:func:`quantize_rows` for a torch tensor (any device, e.g. before the copy to the host);
-    the same formula, so the same bytes for the same values."""
+    the same formula, so the same bytes for the same values. ``host=False`` keeps the result as
+    tensors on the device."""
     x = values.float()
     peak = x.amax(dim=-1)
     if bool(x.amin() < 0):
-        raise StoreError("uint8 storage needs non-negative values (attention); use compression='zstd'")
+        raise StoreError("uint8 storage needs non-negative values (attention); use compression='lz4'")
     finite = peak.isfinite()
     # 255 / peak would multiply by a reciprocal: a different rounding than numpy's division
     inv = peak.new_full(peak.shape, 255.0).div_(peak).masked_fill_(~finite | (peak <= 0), 0)
@@ -147,7 +157,8 @@ def quantize_rows_torch(values: Any) -> Quantized:
     if not bool(finite.all()):
         y.masked_fill_(~finite.unsqueeze(-1), 0)
     scale = (peak / 255).masked_fill_(~finite, float("nan"))
-    return Quantized(y.add_(0.5).byte().cpu().numpy(), scale.cpu().numpy())
+    q = y.add_(0.5).byte()
+    return Quantized(q.cpu().numpy(), scale.cpu().numpy()) if host else Quantized(q, scale)
 
 
 def dequantize_rows(q: Any, scale: Any) -> Any:
@@ -178,8 +189,9 @@ class StoreWriter:
 
     ``fingerprint`` identifies the job (model, settings, inputs); a later writer with the same
     fingerprint and compression resumes (``done`` lists finished document indices), another is refused.
-    ``compression``: ``"zstd"`` (float16, lossless zstd level 1), ``"none"`` (raw float16) or ``"uint8"``
-    (uint8 per row with a float32 scale, zstd; max abs error row max / 510).
+    ``compression``: ``"lz4"`` (float16, lossless blosc lz4 with bitshuffle: the default, as small as
+    zstd for float16 attention at half its CPU), ``"zstd"`` (float16, zstd level 1), ``"none"`` (raw
+    float16) or ``"uint8"`` (uint8 per row with a float32 scale, zstd; max abs error row max / 510).
     """
 
     def __init__(
@@ -189,12 +201,12 @@ class StoreWriter:
         fingerprint: str = "",
         overwrite: bool = False,
         resume: bool = True,
-        compression: str = "zstd",
+        compression: str = DEFAULT_COMPRESSION,
     ):
         if compression not in COMPRESSION:
             raise StoreError(f"compression must be one of {COMPRESSION}, not {compression!r}")
         self.compression = compression
-        self._compressed = compression != "none"
+        self._codec = "zstd" if compression == "uint8" else compression
         self.path = Path(path)
         self.partial = partial_path(self.path)
         if self.path.exists() and not overwrite:
@@ -252,9 +264,10 @@ class StoreWriter:
         error = 0.0
         for kind, values in arrays.items():
             attrs = dict((array_attrs or {}).get(kind, {}))
-            if kind not in KIND_STREAMS:
+            role, _ = kind_role(kind)
+            if role != "matrix":
                 values = np.asarray(values, dtype=np.float32)
-                self._array(directory / kind, values, ("vector", "token"), attrs, per_first=False)
+                self._array(directory / kind, values, _DIMS[role], attrs, per_first=False)
                 continue
             if self.compression == "uint8":
                 quantized = values if isinstance(values, Quantized) else quantize_rows(values)
@@ -279,7 +292,7 @@ class StoreWriter:
         self.records[index] = record
 
     def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
-        write_array(directory, values, dims, attrs, self._compressed, per_first, dtype, self._written)
+        write_array(directory, values, dims, attrs, self._codec, per_first, dtype, self._written)
 
     def flush(self) -> None:
         """Make the progress of finished documents durable (called once per batch)."""
@@ -301,7 +314,9 @@ class StoreWriter:
         encoding = UINT8 if self.compression == "uint8" else "float16"
         return {
             "matrix_encoding": encoding,
-            "matrix_compression": "none" if self.compression == "none" else f"zstd-{ZSTD_LEVEL}",
+            "matrix_compression": {"none": "none", "lz4": f"blosc-lz4-{BLOSC_LEVEL}-bitshuffle"}.get(
+                self._codec, f"zstd-{ZSTD_LEVEL}"
+            ),
             "max_abs_error": round(error, 7),
         }
 
@@ -387,7 +402,7 @@ def _read_progress(path: Path) -> dict[int, dict[str, Any]]:
 
 
 def write_corpus(
-    corpus: Corpus, path: str | os.PathLike, *, overwrite: bool = False, compression: str = "zstd"
+    corpus: Corpus, path: str | os.PathLike, *, overwrite: bool = False, compression: str = DEFAULT_COMPRESSION
 ) -> Path:
     """Write an in-memory (or any) corpus as a store, atomically (``compression`` as in :class:`StoreWriter`)."""
     writer = StoreWriter(path, overwrite=overwrite, resume=False, compression=compression)
@@ -408,9 +423,14 @@ def document_payload(doc: Document):
     for kind in doc.kinds:
         array = doc.get(kind)
         arrays[kind] = np.asarray(array.values)
-        if kind == "vectors":
+        role, base = kind_role(kind)
+        if role == "legacy":
             attrs[kind] = {"vector": [str(v) for v in array["vector"].values]}
             tokens["source"] = tokens_of(array, "token")
+        elif role in ("vectors", "summary"):
+            attrs[kind] = stored_attrs(array)
+            if role == "vectors":
+                tokens[KIND_STREAMS[base][0]] = tokens_of(array, "token")
         else:
             attrs[kind] = {
                 "layer": [int(v) for v in array["layer"].values],
@@ -420,6 +440,36 @@ def document_payload(doc: Document):
             tokens[query_stream] = tokens_of(array, "query")
             tokens[key_stream] = tokens_of(array, "key")
     return arrays, attrs, tokens
+
+
+def stored_attrs(array: xr.DataArray) -> dict[str, Any]:
+    """The attrs a store keeps for a policy's ``<kind>_vectors`` / ``<kind>_summary`` array (its labels)."""
+    names = ("vector", "vector_long_name", "vector_units", "statistic", "statistic_units", "layer", "head")
+    out: dict[str, Any] = {n: array[n].values.tolist() for n in names if n in array.coords}
+    for key in ("long_name", "units"):
+        if key in array.attrs:
+            out[f"array_{key}"] = array.attrs[key]
+    return out
+
+
+def stored_array(kind: str, values: Any, attrs: Mapping[str, Any], tokens: pd.DataFrame | None) -> xr.DataArray:
+    """Rebuild a policy's ``<kind>_vectors`` / ``<kind>_summary`` array from its values and attrs."""
+    role, _ = kind_role(kind)
+    where = {"layers": attrs.get("layer"), "heads": attrs.get("head")}
+    if role == "vectors":
+        array = token_vectors_array(
+            values,
+            tokens,
+            attrs["vector"],
+            long_names=attrs.get("vector_long_name"),
+            units=attrs.get("vector_units"),
+            name=kind,
+            **where,
+        )
+    else:
+        array = summary_array(values, attrs["statistic"], attrs["statistic_units"], name=kind, **where)
+    array.attrs.update({k[len("array_") :]: v for k, v in attrs.items() if k.startswith("array_")})
+    return array
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -495,8 +545,12 @@ class _StoreLoader:
                 if encoding.get("name") != UINT8:
                     raise StoreError(f"{self.path}: unknown matrix encoding {encoding.get('name')!r}; upgrade attviz")
                 values = dequantize_rows(values, da.from_zarr(self.root[f"docs/{group}/{encoding['scale']}"]))
-            if kind == "vectors":
+            role, base = kind_role(kind)
+            if role == "legacy":
                 return vector_array(values, self.token_table(i, "source"), attrs.get("vector", []))
+            if role != "matrix":
+                tokens = self.token_table(i, KIND_STREAMS[base][0]) if role == "vectors" else None
+                return stored_array(kind, np.asarray(array[...]), attrs, tokens)
             query_stream, key_stream = KIND_STREAMS[kind]
             return attention_array(
                 values,

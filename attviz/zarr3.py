@@ -1,12 +1,12 @@
 """Just enough zarr v3 to write and read attviz's own arrays fast.
 
-zarr-python 3.1 spends milliseconds of asyncio per array and per chunk; an extraction writes
-several arrays per document, so attviz writes the ``zarr.json`` metadata and the chunk files itself,
-following the zarr v3 core spec (https://zarr-specs.readthedocs.io/en/latest/v3/core/v3.0.html):
-a regular chunk grid, the default chunk key encoding with "." separators, the ``bytes`` codec
-(little-endian) or ``vlen-utf8`` for strings, then ``zstd``. The result is an ordinary store that
-``zarr.open_group`` and ``xarray.open_zarr`` read; :func:`consolidate` writes the same consolidated
-metadata as ``zarr.consolidate_metadata``.
+zarr-python 3.1 spends milliseconds of asyncio per array and per chunk; an extraction writes several
+arrays per document, so attviz writes the ``zarr.json`` metadata and the chunk files itself,
+following the zarr v3 core spec (https://zarr-specs.readthedocs.io/en/latest/v3/core/v3.0.html): a
+regular chunk grid, the default chunk key encoding with "." separators, the ``bytes`` codec (little-
+endian) or ``vlen-utf8`` for strings, then ``blosc`` (lz4 + bitshuffle) or ``zstd``. The result is
+an ordinary store that ``zarr.open_group`` and ``xarray.open_zarr`` read; :func:`consolidate` writes
+the same consolidated metadata as ``zarr.consolidate_metadata``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,36 @@ import numpy as np
 import xarray as xr
 
 ZSTD_LEVEL = 1
+BLOSC_LEVEL = 5
+CODECS = ("lz4", "zstd", "none")  # lz4: blosc lz4 with bitshuffle; zstd: level 1; none: raw bytes
+
+
+def codec_meta(codec: str, itemsize: int) -> list[dict[str, Any]]:
+    """The zarr v3 codecs after ``bytes`` for ``codec`` (one of :data:`CODECS`)."""
+    if codec == "lz4":
+        configuration = {"typesize": itemsize, "cname": "lz4", "clevel": BLOSC_LEVEL, "blocksize": 0}
+        return [{"name": "blosc", "configuration": {**configuration, "shuffle": "bitshuffle"}}]
+    if codec == "zstd":
+        return [{"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}]
+    if codec == "none":
+        return []
+    raise ValueError(f"codec must be one of {CODECS}, not {codec!r}")
+
+
+def encoder(codec: str) -> Any:
+    """A numcodecs codec writing what :func:`codec_meta` describes (None for raw bytes).
+
+    Blosc runs single-threaded off the main thread (numcodecs' default), so a writer thread does not
+    compete with the forward pass for every core.
+    """
+    if codec == "lz4":
+        return numcodecs.Blosc(cname="lz4", clevel=BLOSC_LEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    if codec == "zstd":
+        return numcodecs.Zstd(level=ZSTD_LEVEL)
+    codec_meta(codec, 1)  # raises for an unknown codec
+    return None
+
+
 _CF_ENCODED = ("scale_factor", "add_offset", "calendar")
 
 
@@ -46,16 +76,16 @@ def group_meta(attributes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return {"attributes": dict(attributes or {}), "zarr_format": 3, "node_type": "group"}
 
 
-def array_meta(shape, dtype: np.dtype | None, chunks, dims, attributes, compressed: bool) -> dict[str, Any]:
-    """zarr v3 array metadata; ``dtype=None`` for variable-length UTF-8 strings."""
+def array_meta(shape, dtype: np.dtype | None, chunks, dims, attributes, codec: str = "zstd") -> dict[str, Any]:
+    """zarr v3 array metadata; ``dtype=None`` for variable-length UTF-8 strings; ``codec`` from :data:`CODECS`."""
     if dtype is None:
         first, data_type, fill = {"name": "vlen-utf8", "configuration": {}}, "string", ""
     else:
         first = {"name": "bytes", "configuration": {"endian": "little"}} if dtype.itemsize > 1 else {"name": "bytes"}
         data_type, fill = dtype.name, False if dtype.kind == "b" else 0 if dtype.kind in "iu" else 0.0
-    codecs = [first]
-    if compressed:
-        codecs.append({"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}})
+    if dtype is None:  # strings: always zstd
+        codec = "zstd"
+    codecs = [first, *codec_meta(codec, 1 if dtype is None else dtype.itemsize)]
     return {
         "shape": [int(s) for s in shape],
         "data_type": data_type,
@@ -83,7 +113,7 @@ def write_array(
     values: np.ndarray,
     dims: Sequence[str],
     attrs: Mapping[str, Any],
-    compressed: bool = True,
+    codec: str = "zstd",
     per_first: bool = True,
     dtype: Any = None,
     written: dict[str, Any] | None = None,
@@ -94,14 +124,14 @@ def write_array(
     shape = values.shape
     chunks = (1, *shape[1:]) if per_first else shape
     directory.mkdir()
-    write_json(directory / "zarr.json", array_meta(shape, dtype, chunks, dims, attrs, compressed), written)
+    write_json(directory / "zarr.json", array_meta(shape, dtype, chunks, dims, attrs, codec), written)
     if values.size == 0:
         return
-    zstd = numcodecs.Zstd(level=ZSTD_LEVEL) if compressed else None
+    compress = encoder(codec)
     tail = ".0" * (len(shape) - 1)
     for i, block in enumerate(values if per_first else [values]):
         data = np.ascontiguousarray(block, dtype=dtype)
-        payload = zstd.encode(data) if zstd is not None else memoryview(data).cast("B")
+        payload = compress.encode(data) if compress is not None else memoryview(data).cast("B")
         with open(directory / f"c.{i if per_first else 0}{tail}", "wb") as handle:
             handle.write(payload)
 
@@ -150,7 +180,7 @@ def write_dataset(directory: Path, ds: xr.Dataset, written: dict[str, Any] | Non
         text = values.dtype.kind in "OUS"
         dtype = None if text else values.dtype.newbyteorder("<")
         (directory / str(name)).mkdir()
-        meta = array_meta(values.shape, dtype, values.shape, variable.dims, variable.attrs, True)
+        meta = array_meta(values.shape, dtype, values.shape, variable.dims, variable.attrs)
         write_json(directory / str(name) / "zarr.json", meta, written)
         if values.size:
             if text:

@@ -18,8 +18,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 CHROMIUM = os.environ.get("ATTVIZ_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 READY_DEFINITION = {
     "attviz": "the export's window.attviz.ready (set after the first layer is decoded and drawn) and every Bokeh "
     "document idle (Bokeh.documents[i].is_idle: all root views rendered), then two animation frames (painted)",
@@ -60,8 +67,10 @@ def page_ready(browser, url: str, ready_js: str, arg: Any = None, timeout_s: flo
     page.on("request", lambda r: requests.append(r.url))
     try:
         page.goto(url, wait_until="commit", timeout=timeout_s * 1000)
-        check = f"(arg) => {{ const ok = ({ready_js})(arg); if (ok && window.__benchReady === undefined) " \
-                "window.__benchReady = performance.now(); return ok; }"
+        check = (
+            f"(arg) => {{ const ok = ({ready_js})(arg); if (ok && window.__benchReady === undefined) "
+            "window.__benchReady = performance.now(); return ok; }"
+        )
         page.wait_for_function(check, arg=arg, polling="raf", timeout=timeout_s * 1000)
         painted = page.evaluate(_PAINTED)
         ready = page.evaluate("() => window.__benchReady")
@@ -73,7 +82,7 @@ def page_ready(browser, url: str, ready_js: str, arg: Any = None, timeout_s: flo
 
 
 def exported_layers(html: str) -> str:
-    """"k/n layers" exported of the page's first document, read from its manifest ("" if unreadable)."""
+    """ "k/n layers" exported of the page's first document, read from its manifest ("" if unreadable)."""
     match = re.search(r"id='attviz-manifest'>(.*?)</script>", html, re.S)
     try:
         doc = json.loads(match.group(1))["docs"][0]

@@ -41,6 +41,8 @@ from benchmarks import pages  # noqa: E402
 from benchmarks.pages import CHROMIUM, READY_DEFINITION  # noqa: E402
 
 SECTIONS = ("extraction", "export", "page", "explorer")
+
+
 class Skip(Exception):
     """A section cannot run here (a tool is missing); not a failure."""
 
@@ -54,11 +56,19 @@ def fraction(ratio: float | None) -> str:
     return f"1/{1 / ratio:,.0f}" if ratio < 0.5 else f"{ratio:.2f}×"
 
 
-def row(section: str, what: str, value: str, baseline: str = "—", ratio: str = "—", target: str = "",
-        ok: bool | None = None) -> dict[str, Any]:
+def row(
+    section: str, what: str, value: str, baseline: str = "—", ratio: str = "—", target: str = "", ok: bool | None = None
+) -> dict[str, Any]:
     status = "" if ok is None else ("met" if ok else "MISSED")
-    return {"section": section, "what": what, "attviz": value, "baseline": baseline, "ratio": ratio,
-            "target": target, "status": status}
+    return {
+        "section": section,
+        "what": what,
+        "attviz": value,
+        "baseline": baseline,
+        "ratio": ratio,
+        "target": target,
+        "status": status,
+    }
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
@@ -78,8 +88,10 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     out = ["| section | measurement | attviz | baseline | ratio | target | |", "|---|---|---:|---:|---:|---|---|"]
     for r in rows:
-        out.append(f"| {r['section']} | {r['what']} | {r['attviz']} | {r['baseline']} | {r['ratio']} | {r['target']} "
-                   f"| {r['status']} |")
+        out.append(
+            f"| {r['section']} | {r['what']} | {r['attviz']} | {r['baseline']} | {r['ratio']} | {r['target']} "
+            f"| {r['status']} |"
+        )
     return "\n".join(out)
 
 
@@ -115,11 +127,19 @@ def random_bert_corpus(tokens: int):
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_path(), model_max_length=tokens)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                        intermediate_size=1536, max_position_embeddings=tokens, attn_implementation="eager")
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=tokens,
+        attn_implementation="eager",
+    )
     text = " ".join(r["text"] for r in demo_records())
-    return extract([text], model=BertModel(config).eval(), tokenizer=tokenizer, ids=["long"], max_length=tokens,
-                   progress=False)
+    return extract(
+        [text], model=BertModel(config).eval(), tokenizer=tokenizer, ids=["long"], max_length=tokens, progress=False
+    )
 
 
 def export_module():
@@ -151,25 +171,58 @@ def run_extraction(quick: bool) -> tuple[dict, list[dict]]:
     _, naive = find("naive")
     tag = f"{result['documents']} docs, {result['tokens']:,} tokens"
     rows = [
-        row("extraction", f"{store_name} vs bare batched forward ({tag})", f"{store['docs_per_s']} docs/s",
-            f"{bare['docs_per_s']} docs/s", f"{store['vs_bare_forward']:.2f}×", "≥ 0.8×",
-            store["vs_bare_forward"] >= 0.8),
-        row("extraction", f"{store_name} vs naive 1-doc loop, 2 passes", f"{store['docs_per_s']} docs/s",
-            f"{naive['docs_per_s']} docs/s", f"{store['vs_naive_loop']:.2f}×", "≥ 3×", store["vs_naive_loop"] >= 3),
+        row(
+            "extraction",
+            f"{store_name} vs bare batched forward ({tag})",
+            f"{store['docs_per_s']} docs/s",
+            f"{bare['docs_per_s']} docs/s",
+            f"{store['vs_bare_forward']:.2f}×",
+            "≥ 0.8×",
+            store["vs_bare_forward"] >= 0.8,
+        ),
+        row(
+            "extraction",
+            f"{store_name} vs naive 1-doc loop, 2 passes",
+            f"{store['docs_per_s']} docs/s",
+            f"{naive['docs_per_s']} docs/s",
+            f"{store['vs_naive_loop']:.2f}×",
+            "≥ 3×",
+            store["vs_naive_loop"] >= 3,
+        ),
     ]
     for name, value in modes.items():
         if name != store_name and "bare" not in name and "naive" not in name:
-            rows.append(row("extraction", f"{name} vs bare / vs naive", f"{value['docs_per_s']} docs/s", "",
-                            f"{value['vs_bare_forward']:.2f}× / {value['vs_naive_loop']:.2f}×"))
+            rows.append(
+                row(
+                    "extraction",
+                    f"{name} vs bare / vs naive",
+                    f"{value['docs_per_s']} docs/s",
+                    "",
+                    f"{value['vs_bare_forward']:.2f}× / {value['vs_naive_loop']:.2f}×",
+                )
+            )
     raw = result.get("raw_float16_bytes_per_doc")
-    by_compression = result.get("store_bytes_per_doc_by_compression") or {"zstd": result.get("store_bytes_per_doc")}
+    by_compression = result.get("store_bytes_per_doc_by_compression") or {"lz4": result.get("store_bytes_per_doc")}
     for compression, stored in by_compression.items():
         if stored and raw:
-            rows.append(row("extraction", f"store bytes per document ({compression}) vs raw float16", mb(stored),
-                            mb(raw), fraction(stored / raw)))
+            rows.append(
+                row(
+                    "extraction",
+                    f"store bytes per document ({compression}) vs raw float16",
+                    mb(stored),
+                    mb(raw),
+                    fraction(stored / raw),
+                )
+            )
     if result.get("uint8_max_abs_error") is not None:
-        rows.append(row("extraction", "uint8 store: max abs error vs float16 store (stated bound)",
-                        f"{result['uint8_max_abs_error']:.5f}", f"{result.get('uint8_error_bound', float('nan')):.5f}"))
+        rows.append(
+            row(
+                "extraction",
+                "uint8 store: max abs error vs float16 store (stated bound)",
+                f"{result['uint8_max_abs_error']:.5f}",
+                f"{result.get('uint8_error_bound', float('nan')):.5f}",
+            )
+        )
     return result, rows
 
 
@@ -199,14 +252,28 @@ def run_export(sizes: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
             entry["time_ratio"] = entry["attviz_s"] / entry["bertviz_s"]
         results.append(entry)
         at512 = n == 512 and have_bertviz
-        rows.append(row("export", f"file size, {n} tokens (MiniLM 6×12)", mb(entry["attviz_bytes"]),
-                        mb(entry["bertviz_bytes"]) if have_bertviz else "bertviz not installed",
-                        fraction(entry.get("size_ratio")), "≤ 1/50" if at512 else "",
-                        entry["size_ratio"] <= 1 / 50 if at512 else None))
-        rows.append(row("export", f"generation time, {n} tokens", secs(entry["attviz_s"]),
-                        secs(entry["bertviz_s"]) if have_bertviz else "bertviz not installed",
-                        fraction(entry.get("time_ratio")), "≤ 1/20" if at512 else "",
-                        entry["time_ratio"] <= 1 / 20 if at512 else None))
+        rows.append(
+            row(
+                "export",
+                f"file size, {n} tokens (MiniLM 6×12)",
+                mb(entry["attviz_bytes"]),
+                mb(entry["bertviz_bytes"]) if have_bertviz else "bertviz not installed",
+                fraction(entry.get("size_ratio")),
+                "≤ 1/50" if at512 else "",
+                entry["size_ratio"] <= 1 / 50 if at512 else None,
+            )
+        )
+        rows.append(
+            row(
+                "export",
+                f"generation time, {n} tokens",
+                secs(entry["attviz_s"]),
+                secs(entry["bertviz_s"]) if have_bertviz else "bertviz not installed",
+                fraction(entry.get("time_ratio")),
+                "≤ 1/20" if at512 else "",
+                entry["time_ratio"] <= 1 / 20 if at512 else None,
+            )
+        )
     if not have_bertviz:
         print("  export: bertviz is not installed (pip install bertviz): attviz measured alone", flush=True)
     return results, rows
@@ -271,10 +338,14 @@ def run_page(attviz_sizes: list[int], bertviz_sizes: list[int], repeat: int) -> 
             try:
                 for who, tokens, name, ready_js, arg in todo:
                     runs = [pages.page_ready(browser, f"{server.url}/{name}", ready_js, arg) for _ in range(repeat)]
-                    entry = {"tokens": tokens, "bytes": (site / name).stat().st_size,
-                             "painted_ms": statistics.median(r["painted_ms"] for r in runs),
-                             "ready_ms": statistics.median(r["ready_ms"] for r in runs),
-                             "requests": runs[0]["requests"], "remote_requests": runs[0]["remote_requests"]}
+                    entry = {
+                        "tokens": tokens,
+                        "bytes": (site / name).stat().st_size,
+                        "painted_ms": statistics.median(r["painted_ms"] for r in runs),
+                        "ready_ms": statistics.median(r["ready_ms"] for r in runs),
+                        "requests": runs[0]["requests"],
+                        "remote_requests": runs[0]["remote_requests"],
+                    }
                     if who == "attviz":
                         entry["layers"] = layers.get(tokens, "")
                     results["attviz" if who == "attviz" else "bertviz"].append(entry)
@@ -289,15 +360,28 @@ def run_page(attviz_sizes: list[int], bertviz_sizes: list[int], repeat: int) -> 
         model = "MiniLM" if e["tokens"] <= 512 else "random BERT 6×12"
         base = bertviz_by_tokens.get(e["tokens"])
         shown = f", {e['layers']}" if e.get("layers") else ""
-        rows.append(row("page", f"attviz export ready, {e['tokens']} tokens ({model}{shown}, {mb(e['bytes'])}, "
-                        f"{e['requests']} request{'s' if e['requests'] != 1 else ''})", secs(e["painted_ms"] / 1000),
-                        f"BertViz {secs(base['painted_ms'] / 1000)}" if base else "",
-                        fraction(e["painted_ms"] / base["painted_ms"]) if base else "",
-                        f"< {target:.0f} s" if target else "",
-                        e["painted_ms"] / 1000 < target if target else None))
+        rows.append(
+            row(
+                "page",
+                f"attviz export ready, {e['tokens']} tokens ({model}{shown}, {mb(e['bytes'])}, "
+                f"{e['requests']} request{'s' if e['requests'] != 1 else ''})",
+                secs(e["painted_ms"] / 1000),
+                f"BertViz {secs(base['painted_ms'] / 1000)}" if base else "",
+                fraction(e["painted_ms"] / base["painted_ms"]) if base else "",
+                f"< {target:.0f} s" if target else "",
+                e["painted_ms"] / 1000 < target if target else None,
+            )
+        )
     for e in results["bertviz"]:
-        rows.append(row("page", f"BertViz head_view ready, {e['tokens']} tokens ({mb(e['bytes'])}, "
-                        f"{e['requests']} requests, scripts local)", "", secs(e["painted_ms"] / 1000)))
+        rows.append(
+            row(
+                "page",
+                f"BertViz head_view ready, {e['tokens']} tokens ({mb(e['bytes'])}, "
+                f"{e['requests']} requests, scripts local)",
+                "",
+                secs(e["painted_ms"] / 1000),
+            )
+        )
     results["notes"] = notes
     return results, rows
 
@@ -314,13 +398,31 @@ def run_explorer(tokens: int, rounds: int, browser: bool) -> tuple[dict, list[di
     for tab, ms in server.items():
         if tab.startswith("baseline"):
             continue
-        rows.append(row("explorer", f"head change, {n} tokens, server side, tab {tab!r} (median)", f"{ms:.1f} ms",
-                        f"{baseline:.2f} ms" if baseline is not None else "", "", "≤ 100 ms", ms <= 100))
+        rows.append(
+            row(
+                "explorer",
+                f"head change, {n} tokens, server side, tab {tab!r} (median)",
+                f"{ms:.1f} ms",
+                f"{baseline:.2f} ms" if baseline is not None else "",
+                "",
+                "≤ 100 ms",
+                ms <= 100,
+            )
+        )
     if browser:
         _browser()
         result["browser_ms"] = explorer.browser_side(corpus, rounds, chromium=CHROMIUM)
-        rows.append(row("explorer", f"head change, {n} tokens, key press → text view recoloured in Chromium",
-                        f"{result['browser_ms']:.0f} ms", "", "", "≤ 500 ms", result["browser_ms"] <= 500))
+        rows.append(
+            row(
+                "explorer",
+                f"head change, {n} tokens, key press → text view recoloured in Chromium",
+                f"{result['browser_ms']:.0f} ms",
+                "",
+                "",
+                "≤ 500 ms",
+                result["browser_ms"] <= 500,
+            )
+        )
     return result, rows
 
 
@@ -345,8 +447,9 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "export_sizes": args.export_tokens or ([64] if quick else [64, 128, 256, 512]),
         "export_repeat": 1 if quick else 3,
         "page_attviz": args.page_tokens or ([128] if quick else [128, 512, 2048]),
-        "page_bertviz": args.bertviz_page_tokens if args.bertviz_page_tokens is not None else ([64] if quick else
-                                                                                                  [64, 128]),
+        "page_bertviz": args.bertviz_page_tokens
+        if args.bertviz_page_tokens is not None
+        else ([64] if quick else [64, 128]),
         "page_repeat": 1 if quick else 3,
         "explorer_tokens": args.explorer_tokens,
         "explorer_rounds": 1 if quick else 3,
@@ -368,17 +471,24 @@ def main(argv: list[str] | None = None) -> int:
     settings = plan(args)
     began = time.perf_counter()
     info = machine()
-    results: dict[str, Any] = {"machine": info, "quick": args.quick, "settings": settings, "skipped": {},
-                               "failed": {}, "rows": []}
-    print(f"attviz benchmarks {'(quick) ' if args.quick else ''}— {info['date']}, {info['cores']} cores, "
-          f"torch {info['torch']} ({info['threads']} threads), GPU: {info['gpu'] or 'none'}", flush=True)
+    results: dict[str, Any] = {
+        "machine": info,
+        "quick": args.quick,
+        "settings": settings,
+        "skipped": {},
+        "failed": {},
+        "rows": [],
+    }
+    print(
+        f"attviz benchmarks {'(quick) ' if args.quick else ''}— {info['date']}, {info['cores']} cores, "
+        f"torch {info['torch']} ({info['threads']} threads), GPU: {info['gpu'] or 'none'}",
+        flush=True,
+    )
     runners = {
         "extraction": lambda: run_extraction(args.quick),
         "export": lambda: run_export(settings["export_sizes"], settings["export_repeat"]),
-        "page": lambda: run_page(settings["page_attviz"], settings["page_bertviz"],
-                                 settings["page_repeat"]),
-        "explorer": lambda: run_explorer(settings["explorer_tokens"], settings["explorer_rounds"],
-                                         not args.no_browser),
+        "page": lambda: run_page(settings["page_attviz"], settings["page_bertviz"], settings["page_repeat"]),
+        "explorer": lambda: run_explorer(settings["explorer_tokens"], settings["explorer_rounds"], not args.no_browser),
     }
     for name in SECTIONS:
         if name not in args.only:
@@ -402,8 +512,10 @@ def main(argv: list[str] | None = None) -> int:
     print(render_table(results["rows"]))
     print()
     if "page" in results:
-        print(f"page ready, from navigation start — attviz: {READY_DEFINITION['attviz']}; "
-              f"BertViz: {READY_DEFINITION['BertViz']}")
+        print(
+            f"page ready, from navigation start — attviz: {READY_DEFINITION['attviz']}; "
+            f"BertViz: {READY_DEFINITION['BertViz']}"
+        )
     for name, why in {**results["skipped"], **{k: "FAILED " + v for k, v in results["failed"].items()}}.items():
         print(f"{name}: {why}")
     per_section = ", ".join(f"{k} {v:.0f} s" for k, v in results.get("section_s", {}).items())

@@ -172,3 +172,27 @@ def test_export_writes_one_offline_page_of_the_chosen_documents(tmp_path, capsys
     assert code == 1 and "already exists" in err
     code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page, "--overwrite", "--layers", "x")
     assert code == 1 and "--layers takes comma-separated integers" in err
+
+
+def test_extract_with_a_storage_policy_and_info(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("The cat sat on the mat.\nMarkets rally as rates fall.\n", encoding="utf-8")
+    out = tmp_path / "v.zarr"
+    argv = ["extract", source, "-o", out, "--model", tiny_model_dir, "--quiet", "--device", "cpu", "--no-matrices"]
+    code, _, err = _run(capsys, *argv, "--vectors", "attention_received,attention_from:query=-1,entropy", "--summary")
+    assert code == 0, err
+    code, text, _ = _run(capsys, "info", out)
+    assert "keeps       vectors attention_received, attention_from:query=-1, entropy + head summary" in text
+    from attviz.corpus import Corpus
+
+    doc = Corpus.open(out)[0]
+    assert doc.kinds == ["self_vectors", "self_summary"]
+    assert doc.get("self_vectors")["vector"].values.tolist() == [
+        "attention_received",
+        "attention_from:query=-1",
+        "entropy",
+    ]
+    code, _, err = _run(capsys, *argv[:-1], "--layers", "7", "--overwrite")
+    assert code == 1 and "layer 7 does not exist: the model has 2 layers" in err
+    code, _, err = _run(capsys, *argv, "--overwrite")
+    assert code == 1 and "keeps nothing" in err

@@ -303,3 +303,62 @@ def test_the_current_document_exports_as_an_offline_page(explorer):
     page = explorer.export_page()
     assert "attviz-manifest" in page and '"d1"' in page and '"d0"' not in page
     assert "<script src=" not in page
+
+
+def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_path):
+    from attviz.extract import extract
+    from attviz.models import prepare_model
+    from attviz.policy import StoragePolicy
+
+    model, tokenizer = tiny_bert
+    policy = StoragePolicy(matrices=False, vectors=("attention_received", "attention_from:query=-1"), summary=True)
+    texts = ["The cat sat on the mat.", "Rates fall."]
+    corpus = extract(texts, model=model, tokenizer=tokenizer, progress=False, policy=policy, store=tmp_path / "v.zarr")
+    explorer = Explorer(corpus)
+    stored = corpus[0].get("self_vectors")
+    assert explorer.param.kind.objects == ["self"] and explorer.param.layer.bounds == (0, 1)
+    assert explorer.matrix is None and explorer.layer_matrices is None
+    explorer.param.update(vector="attention_received", layer=1, head=2, head_reduction="head")
+    np.testing.assert_array_equal(explorer.token_vector.values, stored.sel(vector="attention_received")[1, 2].values)
+    assert explorer.token_vector["token_text"].values.tolist() == corpus[0].tokens
+    assert "keeps token vectors only (showing attention_received)" in explorer.message
+    explorer.head_reduction = "max"  # reductions over heads work on the stored vectors too
+    expected = stored.sel(vector="attention_received")[1].values.max(axis=0)
+    np.testing.assert_allclose(explorer.token_vector.values, expected)
+    # attention_from is stored with query=-1: that one is shown even though the widget says query=0
+    explorer.vector = "attention_from"
+    np.testing.assert_allclose(
+        explorer.token_vector.values, stored.sel(vector="attention_from:query=-1")[1].values.max(0)
+    )
+    explorer.vector = "entropy"  # not stored: said plainly, nothing crashes
+    assert explorer.token_vector is None and "only attention_received, attention_from:query=-1" in explorer.message
+    # the head summary comes from the store
+    summary = explorer.head_summary
+    assert summary.dims == ("layer", "head", "statistic")
+    np.testing.assert_array_equal(summary.values, corpus[0].get("self_summary").values)
+    # with the corpus's own model loaded, the matrices come back on demand
+    live = LiveModel(corpus.attrs["model"], loader=lambda: prepare_model(model, tokenizer, device="cpu"))
+    again = Explorer(corpus, live_model=live)
+    assert again.matrix is not None and again.document.meta["recomputed"] == corpus.attrs["model"]
+    assert again.message == ""
+
+
+def test_every_tab_renders_a_store_of_token_vectors(tiny_bert, tmp_path):
+    from bokeh.document import Document as BokehDocument
+
+    from attviz.extract import extract
+    from attviz.layout import ExplorerLayout
+    from attviz.policy import StoragePolicy
+
+    model, tokenizer = tiny_bert
+    policy = StoragePolicy(matrices=False, vectors=("attention_received",), summary=True)
+    corpus = extract(["The cat sat.", "Rates fall."], model=model, tokenizer=tokenizer, progress=False, policy=policy)
+    explorer = Explorer(corpus)
+    layout = ExplorerLayout(explorer)
+    layout.panel().get_root(BokehDocument())
+    for tab in range(len(layout.tabs)):
+        layout.tabs.active = tab  # each tab's views update on show
+        assert not explorer.message.startswith("view "), explorer.message
+    explorer.head = 1
+    explorer.doc_id = corpus.ids[1]
+    assert explorer.token_vector is not None and not explorer.message.startswith("view ")

@@ -34,6 +34,7 @@ from attviz.corpus import (
     Document,
     attention_array,
     document_from_table,
+    kind_role,
     table_from_rows,
     table_row,
     token_frame,
@@ -41,7 +42,7 @@ from attviz.corpus import (
 )
 from attviz.errors import InputError
 from attviz.readers.base import Reader
-from attviz.store import group_name
+from attviz.store import group_name, stored_array, stored_attrs
 
 FORMAT = "attviz-netcdf"
 FORMAT_VERSION = 1
@@ -82,7 +83,9 @@ def _encode(array: xr.DataArray, kind: str) -> xr.Dataset:
 def _token_tables(doc: Document) -> dict[str, Any]:
     streams = set()
     for kind in doc.kinds:
-        streams.update(("source",) if kind == "vectors" else KIND_STREAMS.get(kind, ()))
+        role, base = kind_role(kind)
+        if role != "summary":
+            streams.update(("source",) if role == "legacy" else KIND_STREAMS[base])
     return {stream: doc.token_table(stream) for stream in streams}
 
 
@@ -159,9 +162,13 @@ def _decode(dataset: xr.Dataset, kind: str) -> xr.DataArray:
     """Rebuild a document's DataArray (canonical coords, booleans restored) from its group."""
     array = dataset[kind]
     values = np.asarray(array.values)
-    if kind == "vectors":
+    role, _ = kind_role(kind)
+    if role == "legacy":
         names = [str(v) for v in array["vector"].values]
         result = vector_array(values, _frame(array, "token"), names)
+    elif role != "matrix":
+        tokens = _frame(array, "token") if role == "vectors" else None
+        result = stored_array(kind, values, stored_attrs(array), tokens)
     else:
         result = attention_array(
             values,

@@ -1,0 +1,162 @@
+"""From the model's attention tensors to what a storage policy keeps, on the model's device.
+
+Per batch and kind (``self``, ``encoder`` ...): the kept layers and heads are stacked as float16 (or
+quantised to uint8 rows on an accelerator, halving the bytes that cross the bus), token-level
+aggregations and head summaries are reduced per document on the device, and the results go to the
+host through pinned buffers on a side stream, so the copy overlaps the next batch's forward pass.
+On the CPU the same code runs without copies. The writer thread turns the results into numpy with
+:func:`materialize`, which waits for the copy of exactly what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from attviz.policy import SUMMARY, VECTORS, StoragePolicy
+from attviz.store import Quantized, quantize_rows_torch
+
+
+class HostCopy:
+    """A tensor on its way to the host: pinned buffer + CUDA event, or the CPU tensor itself."""
+
+    def __init__(self, tensor: torch.Tensor, stream: Any = None):
+        self.event = None
+        if tensor.device.type == "cuda":
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            stream = stream or torch.cuda.current_stream(tensor.device)
+            stream.wait_stream(torch.cuda.current_stream(tensor.device))  # the values must be computed
+            with torch.cuda.stream(stream):
+                buffer.copy_(tensor, non_blocking=True)
+                tensor.record_stream(stream)  # its memory is not reused before the copy ends
+                self.event = torch.cuda.Event()
+                self.event.record(stream)
+            tensor = buffer
+        elif tensor.device.type != "cpu":  # mps and others: a plain synchronous copy
+            tensor = tensor.cpu()
+        self.tensor = tensor
+        self._array: np.ndarray | None = None
+
+    def numpy(self) -> np.ndarray:
+        if self._array is None:
+            if self.event is not None:
+                self.event.synchronize()
+            self._array = self.tensor.numpy()
+        return self._array
+
+
+class Slice:
+    """One document's part of a batch copy: ``HostCopy.numpy()[index]``, taken when needed."""
+
+    def __init__(self, copy: HostCopy, index: tuple):
+        self.copy, self.index = copy, index
+
+    def numpy(self) -> np.ndarray:
+        return self.copy.numpy()[self.index]
+
+
+def materialize(value: Any) -> Any:
+    """numpy (or :class:`Quantized` of numpy) for a value :func:`capture_kind` returned."""
+    if isinstance(value, Quantized):
+        return Quantized(materialize(value.q), materialize(value.scale))
+    if isinstance(value, HostCopy | Slice):
+        return value.numpy()
+    return value
+
+
+class Capture:
+    """Turns one batch's attention into host arrays per document, as ``policy`` says."""
+
+    def __init__(self, policy: StoragePolicy | None = None, quantize_on_device: bool = False):
+        self.policy = policy or StoragePolicy()
+        self.quantize_on_device = quantize_on_device
+        self.causal: bool | None = None  # whether the first multi-token document's attention is causal
+        self._stream: Any = None
+
+    def stream(self, device: torch.device) -> Any:
+        if device.type != "cuda":
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        return self._stream
+
+    def kind(
+        self,
+        kind: str,
+        attentions: Sequence[torch.Tensor],
+        sizes: Sequence[tuple[int, int]],
+        special: Sequence[np.ndarray] | None = None,
+    ) -> list[dict[str, Any]]:
+        """``[{array name: host value}]`` per document for one kind's per-layer ``(B, H, Q, K)`` tensors.
+
+        ``sizes`` gives each document's (queries, keys) without padding; ``special`` its key
+        tokens' special flags (for the head summary).
+        """
+        policy = self.policy
+        device = attentions[0].device
+        stream = self.stream(device)
+        out: list[dict[str, Any]] = [{} for _ in sizes]
+        if policy.matrices:
+            layers = [attentions[i] for i in policy.layers] if policy.layers is not None else list(attentions)
+            heads = list(policy.heads) if policy.heads is not None else None
+            stacked = torch.stack([a if heads is None else a[:, heads] for a in layers], dim=1).to(torch.float16)
+            copy = None if self.quantize_on_device else HostCopy(stacked, stream)
+            for b, (n, m) in enumerate(sizes):
+                if copy is not None:
+                    out[b][kind] = Slice(copy, (b, slice(None), slice(None), slice(0, n), slice(0, m)))
+                    continue
+                # per document: a padded key must not set a row's scale
+                q = quantize_rows_torch(stacked[b, :, :, :n, :m], host=False)
+                out[b][kind] = Quantized(HostCopy(q.q, stream), HostCopy(q.scale, stream))
+        square = kind != "cross"
+        reducers = policy.aggregations() if square else {}
+        if reducers or (policy.summary and square):
+            for b, (n, m) in enumerate(sizes):
+                document = torch.stack([a[b, :, :n, :m] for a in attentions])  # (layer, head, query, key)
+                flags = None
+                if special is not None:
+                    flags = torch.tensor(np.asarray(special[b], dtype=bool), device=device)
+                if reducers:
+                    values = torch.stack([_reduce(agg, document, flags) for agg in reducers.values()])
+                    out[b][kind + VECTORS] = HostCopy(values, stream)
+                if policy.summary and square:
+                    summary = _reduce(policy.summary_aggregation(), document, flags)
+                    out[b][kind + SUMMARY] = HostCopy(summary, stream)
+        return out
+
+
+def _reduce(agg: Any, document: torch.Tensor, special: torch.Tensor | None) -> torch.Tensor:
+    """``agg`` on one document's ``(layer, head, query, key)`` tensor: on its device when the
+    aggregation has a torch version, else on the host with its xarray version."""
+    if agg.supports_torch:
+        return agg.apply_torch(document, special=special).float()
+    from attviz.corpus import attention_array, token_frame
+
+    values = document.float().cpu().numpy()
+    n, m = values.shape[-2:]
+    flags = special.cpu().numpy() if special is not None else None
+    keys = token_frame([""] * m, special=flags)
+    array = attention_array(values, token_frame([""] * n), keys)
+    return torch.from_numpy(np.asarray(agg(array).transpose("layer", "head", ...).values, dtype=np.float32))
+
+
+def array_attrs(policy: StoragePolicy, kind: str) -> dict[str, dict[str, Any]]:
+    """The attrs the store keeps with each array :meth:`Capture.kind` makes for ``kind``."""
+    from attviz.aggregations.heads import STATISTICS
+
+    out: dict[str, dict[str, Any]] = {}
+    if policy.matrices:
+        out[kind] = {k: list(v) for k, v in (("layer", policy.layers), ("head", policy.heads)) if v is not None}
+    if kind != "cross" and policy.vectors:
+        aggs = policy.aggregations()
+        out[kind + VECTORS] = {
+            "vector": list(aggs),
+            "vector_long_name": [a.long_name or a.description for a in aggs.values()],
+            "vector_units": [a.units for a in aggs.values()],
+        }
+    if kind != "cross" and policy.summary:
+        out[kind + SUMMARY] = {"statistic": list(STATISTICS), "statistic_units": [u for _, u in STATISTICS.values()]}
+    return out
