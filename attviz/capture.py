@@ -102,7 +102,11 @@ class Capture:
         if policy.matrices:
             layers = [attentions[i] for i in policy.layers] if policy.layers is not None else list(attentions)
             heads = list(policy.heads) if policy.heads is not None else None
-            stacked = torch.stack([a if heads is None else a[:, heads] for a in layers], dim=1).to(torch.float16)
+            batch, n_heads, queries, keys = layers[0].shape
+            shape = (batch, len(layers), n_heads if heads is None else len(heads), queries, keys)
+            stacked = torch.empty(shape, dtype=torch.float16, device=device)
+            for i, a in enumerate(layers):  # cast while copying: one pass, half the memory of stack + cast
+                stacked[:, i].copy_(a if heads is None else a[:, heads])
             copy = None if self.quantize_on_device else HostCopy(stacked, stream)
             for b, (n, m) in enumerate(sizes):
                 if copy is not None:

@@ -118,22 +118,48 @@ def write_array(
     dtype: Any = None,
     written: dict[str, Any] | None = None,
 ) -> None:
-    """One array as ``directory/zarr.json`` plus one chunk per index of the first axis (``per_first``,
-    e.g. one per layer, so a layer reads alone) or a single chunk."""
+    """One array as ``directory/zarr.json`` plus its chunk file.
+
+    ``per_first``: one shard file (the v3 ``sharding_indexed`` codec) whose inner chunks are the
+    indices of the first axis, e.g. one per layer, so a layer still reads alone while a document costs
+    one file, not one per layer (file creation dominates writing on some file systems). Otherwise a
+    single plain chunk.
+    """
     dtype = np.dtype(dtype or values.dtype).newbyteorder("<")
     shape = values.shape
-    chunks = (1, *shape[1:]) if per_first else shape
+    meta = array_meta(shape, dtype, shape, dims, attrs, codec)
+    if per_first and shape:
+        inner = {"chunk_shape": [1, *(max(1, int(n)) for n in shape[1:])], "codecs": meta["codecs"]}
+        index = {"index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}
+        sharding = {"name": "sharding_indexed", "configuration": {**inner, **index, "index_location": "end"}}
+        meta["codecs"] = [sharding]
     directory.mkdir()
-    write_json(directory / "zarr.json", array_meta(shape, dtype, chunks, dims, attrs, codec), written)
+    write_json(directory / "zarr.json", meta, written)
     if values.size == 0:
         return
     compress = encoder(codec)
-    tail = ".0" * (len(shape) - 1)
-    for i, block in enumerate(values if per_first else [values]):
+
+    def encode(block: np.ndarray) -> Any:
         data = np.ascontiguousarray(block, dtype=dtype)
-        payload = compress.encode(data) if compress is not None else memoryview(data).cast("B")
-        with open(directory / f"c.{i if per_first else 0}{tail}", "wb") as handle:
+        return compress.encode(data) if compress is not None else memoryview(data).cast("B")
+
+    name = "c" + ".0" * len(shape)
+    with open(directory / name, "wb") as handle:
+        if not (per_first and shape):
+            handle.write(encode(values))
+            return
+        offsets = np.empty((shape[0], 2), dtype="<u8")
+        position = 0
+        for i, block in enumerate(values):
+            payload = encode(block)
             handle.write(payload)
+            offsets[i] = position, len(payload)
+            position += len(payload)
+        index = offsets.tobytes()
+        handle.write(bytes(_CRC32C.encode(np.frombuffer(index, dtype=np.uint8))))  # the index, then its crc32c
+
+
+_CRC32C = numcodecs.CRC32C()
 
 
 def consolidate(path: Path, attributes: Mapping[str, Any], written: Mapping[str, Any] | None = None) -> None:

@@ -93,14 +93,25 @@ def test_vectors_round_trip(tmp_path):
 def test_one_layer_loads_without_the_others(tmp_path):
     path = tmp_path / "c.zarr"
     corpus = _corpus(2).save(path)
-    # remove the chunk of layer 0 from the disk: layer 1 still loads, layer 0 is missing data
-    chunk = path / "docs" / "d000001" / "self" / "c.0.0.0.0"
-    assert chunk.is_file()
+    # a document's matrix is one file (a zarr v3 shard) with one inner chunk per layer, indexed at the end
+    files = sorted(p.name for p in (path / "docs" / "d000001" / "self").iterdir())
+    assert files == ["c.0.0.0.0", "zarr.json"]
+    array = zarr.open_array(path / "docs" / "d000001" / "self", mode="r")
+    assert array.chunks == (1, *array.shape[1:]) and array.shards == array.shape
+    # spoil the bytes of layer 0 inside the shard: layer 1 still loads, layer 0 no longer does
+    shard = path / "docs" / "d000001" / "self" / "c.0.0.0.0"
+    data = bytearray(shard.read_bytes())
+    n_layers = array.shape[0]
+    index = np.frombuffer(bytes(data[-(16 * n_layers + 4) : -4]), dtype="<u8").reshape(n_layers, 2)
+    offset, size = (int(v) for v in index[0])
+    data[offset : offset + size] = b"\xff" * size
+    shard.write_bytes(bytes(data))
     expected = corpus[1].attention.isel(layer=1).values.copy()
-    chunk.unlink()
     reopened = Corpus.open(path)
     np.testing.assert_array_equal(reopened[1].attention.isel(layer=1).values, expected)
     assert reopened[1].attention.chunks[0] == (1, 1)  # one dask chunk per layer
+    with pytest.raises(Exception):  # noqa: B017 - the codec's own error for corrupt bytes
+        reopened[1].attention.isel(layer=0).load()
 
 
 def test_lookup_by_id_and_errors(tmp_path):
