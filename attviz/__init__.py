@@ -3,6 +3,7 @@
 from attviz.corpus import Corpus, Document, attention_array, token_frame, vector_array
 from attviz.errors import AttentionUnavailableError, AttvizError, InputError, StoreError
 from attviz.extract import extract  # binds the function over the submodule attribute
+from attviz.policy import StoragePolicy
 from attviz.readers import read
 from attviz.readers.tensors import from_tensors
 
@@ -35,6 +36,7 @@ __all__ = [
     "Corpus",
     "Document",
     "InputError",
+    "StoragePolicy",
     "StoreError",
     "__version__",
     "attention_array",

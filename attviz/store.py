@@ -145,17 +145,16 @@ def quantize_rows(values: np.ndarray) -> Quantized:
 def quantize_rows_torch(values: Any, host: bool = True) -> Quantized:
     """:func:`quantize_rows` for a torch tensor (any device, e.g. before the copy to the host);
     the same formula, so the same bytes for the same values. ``host=False`` keeps the result as
-    tensors on the device."""
+    tensors on the device and never waits for the device (no check for negative values there:
+    softmax attention has none)."""
     x = values.float()
     peak = x.amax(dim=-1)
-    if bool(x.amin() < 0):
+    if host and bool(x.amin() < 0):
         raise StoreError("uint8 storage needs non-negative values (attention); use compression='lz4'")
     finite = peak.isfinite()
     # 255 / peak would multiply by a reciprocal: a different rounding than numpy's division
     inv = peak.new_full(peak.shape, 255.0).div_(peak).masked_fill_(~finite | (peak <= 0), 0)
-    y = x * inv.unsqueeze(-1)
-    if not bool(finite.all()):
-        y.masked_fill_(~finite.unsqueeze(-1), 0)
+    y = (x * inv.unsqueeze(-1)).masked_fill_(~finite.unsqueeze(-1), 0)  # x may be the input itself
     scale = (peak / 255).masked_fill_(~finite, float("nan"))
     q = y.add_(0.5).byte()
     return Quantized(q.cpu().numpy(), scale.cpu().numpy()) if host else Quantized(q, scale)
