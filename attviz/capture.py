@@ -19,6 +19,10 @@ import torch
 from attviz.policy import SUMMARY, VECTORS, StoragePolicy
 from attviz.store import Quantized, quantize_rows_torch
 
+# model types whose attention mask is only padding, built by create_bidirectional_mask (checked in
+# transformers 5.x): a ready 4-D mask is equivalent there
+PLAIN_MASK_MODELS = frozenset({"bert", "roberta", "xlm-roberta", "electra", "camembert", "distilbert"})
+
 
 class HostCopy:
     """A tensor on its way to the host: pinned buffer + CUDA event, or the CPU tensor itself."""
@@ -70,11 +74,34 @@ def materialize(value: Any) -> Any:
 class Capture:
     """Turns one batch's attention into host arrays per document, as ``policy`` says."""
 
-    def __init__(self, policy: StoragePolicy | None = None, quantize_on_device: bool = False):
+    def __init__(
+        self,
+        policy: StoragePolicy | None = None,
+        quantize_on_device: bool = False,
+        four_d_mask: bool | None = None,
+    ):
         self.policy = policy or StoragePolicy()
         self.quantize_on_device = quantize_on_device
+        self.four_d_mask = four_d_mask
         self.causal: bool | None = None  # whether the first multi-token document's attention is causal
         self._stream: Any = None
+
+    def prepared_mask(self, loaded: Any) -> bool:
+        """Whether padded batches get a ready 4-D additive mask instead of the 2-D one.
+
+        ``four_d_mask=None`` (auto): on an accelerator, for the BERT family (whose mask is plain
+        padding: a 4-D mask is used as given, so it must not replace a causal or sliding-window one)
+        once the first batch showed bidirectional attention. The CPU keeps the 2-D mask.
+        """
+        if self.four_d_mask is not None:
+            return self.four_d_mask
+        model_type = str(getattr(getattr(loaded, "config", None), "model_type", ""))
+        return (
+            loaded.device.type != "cpu"
+            and not loaded.encoder_decoder
+            and model_type in PLAIN_MASK_MODELS
+            and self.causal is False
+        )
 
     def stream(self, device: torch.device) -> Any:
         if device.type != "cuda":

@@ -256,6 +256,16 @@ def _padded(sequences: Sequence[Sequence[int]]) -> bool:
     return len({len(s) for s in sequences}) > 1
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A ready ``(batch, 1, 1, keys)`` additive mask (0 or the dtype's minimum) for a 2-D padding mask.
+
+    transformers uses a 4-D mask as given, skipping its mask builder, which on a GPU synchronises with
+    the device for every batch. Only for bidirectional attention: it carries no causal part.
+    """
+    out = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], dtype=dtype, device=mask.device)
+    return out.masked_fill_(mask[:, None, None, :] == 0, torch.finfo(dtype).min)
+
+
 def run_batch(
     loaded: LoadedModel,
     batch: Sequence[Unit],
@@ -275,7 +285,7 @@ def run_batch(
     input_ids, mask = pad_batch([u.input_ids for u in batch], pad_id, loaded.device)
     kwargs: dict[str, Any] = {"input_ids": input_ids}
     if _padded([u.input_ids for u in batch]):
-        kwargs["attention_mask"] = mask
+        kwargs["attention_mask"] = additive_mask(mask, loaded.model.dtype) if capture.prepared_mask(loaded) else mask
     if loaded.encoder_decoder:
         dec_ids, dec_mask = pad_batch([u.target_ids for u in batch], pad_id, loaded.device)
         kwargs["decoder_input_ids"] = dec_ids

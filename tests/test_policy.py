@@ -192,3 +192,30 @@ def test_capture_quantises_on_the_device_to_the_same_bytes_as_the_host():
         np.testing.assert_array_equal(got.q, expected.q)
         np.testing.assert_array_equal(got.scale, expected.scale)
     assert materialize(host[1]["self"]).shape == (2, 3, 3, 3)
+
+
+def test_a_prepared_4d_mask_gives_the_same_attention_as_the_2d_one(tiny_bert):
+    from attviz.extract import run_batch
+    from attviz.tokenization import make_batches
+
+    model, tok = tiny_bert
+    loaded = prepare_model(model, tok, device="cpu")
+    units = tokenize(loaded, TEXTS, [str(i) for i in range(len(TEXTS))], None, max_length=128)
+    batch = make_batches(units, len(units))[0]
+    assert len({len(u.input_ids) for u in batch}) > 1  # padded
+    plain = run_batch(loaded, batch, None, Capture(four_d_mask=False))
+    ready = run_batch(loaded, batch, None, Capture(four_d_mask=True))
+    for (_, a, _), (_, b, _) in zip(plain, ready, strict=True):
+        np.testing.assert_array_equal(materialize(a["self"]), materialize(b["self"]))
+    # auto: never on the CPU, never for a causal model, and only once the first batch showed it is not causal
+    assert Capture().prepared_mask(loaded) is False
+    config = type("Config", (), {"model_type": "bert"})()
+    gpu_like = type("Loaded", (), {"device": torch.device("cuda"), "encoder_decoder": False, "config": config})()
+    capture = Capture()
+    assert capture.prepared_mask(gpu_like) is False  # not known yet
+    capture.causal = False
+    assert capture.prepared_mask(gpu_like) is True
+    capture.causal = True
+    assert capture.prepared_mask(gpu_like) is False
+    capture.causal, config.model_type = False, "modernbert"  # sliding-window layers: its own mask
+    assert capture.prepared_mask(gpu_like) is False
