@@ -276,28 +276,15 @@ def run_export(sizes: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
             entry["time_ratio"] = entry["attviz_s"] / entry["bertviz_s"]
         results.append(entry)
         at512 = n == 512 and have_bertviz
-        rows.append(
-            row(
-                "export",
-                f"file size, {n} tokens (MiniLM 6×12)",
-                mb(entry["attviz_bytes"]),
-                mb(entry["bertviz_bytes"]) if have_bertviz else "bertviz not installed",
-                fraction(entry.get("size_ratio")),
-                "≤ 1/50" if at512 else "",
-                entry["size_ratio"] <= 1 / 50 if at512 else None,
+        for what, key, show, ratio, limit in (
+            (f"file size, {n} tokens (MiniLM 6×12)", "bytes", mb, "size_ratio", 50),
+            (f"generation time, {n} tokens", "s", secs, "time_ratio", 20),
+        ):
+            baseline = show(entry[f"bertviz_{key}"]) if have_bertviz else "bertviz not installed"
+            target, ok = (f"≤ 1/{limit}", entry[ratio] <= 1 / limit) if at512 else ("", None)
+            rows.append(
+                row("export", what, show(entry[f"attviz_{key}"]), baseline, fraction(entry.get(ratio)), target, ok)
             )
-        )
-        rows.append(
-            row(
-                "export",
-                f"generation time, {n} tokens",
-                secs(entry["attviz_s"]),
-                secs(entry["bertviz_s"]) if have_bertviz else "bertviz not installed",
-                fraction(entry.get("time_ratio")),
-                "≤ 1/20" if at512 else "",
-                entry["time_ratio"] <= 1 / 20 if at512 else None,
-            )
-        )
     if not have_bertviz:
         print("  export: bertviz is not installed (pip install bertviz): attviz measured alone", flush=True)
     return results, rows

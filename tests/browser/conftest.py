@@ -26,16 +26,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+from benchmarks.pages import CHROMIUM, CHROMIUM_ARGS  # one browser setup for the tests and the benchmarks
+
 HERE = Path(__file__).parent
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 # Console errors that say nothing about the app. Empty so far: add (substring, why) pairs here.
 HARMLESS_CONSOLE_ERRORS: list[tuple[str, str]] = []
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -50,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """The system Chromium, launched headless once per session through Playwright."""
-    executable = os.environ.get("ATTVIZ_CHROMIUM", "/usr/bin/chromium")
+    executable = CHROMIUM
     if not (os.path.isfile(executable) and os.access(executable, os.X_OK)):
         message = f"no Chromium at {executable} (set ATTVIZ_CHROMIUM to its path)"
         if os.environ.get("ATTVIZ_REQUIRE_BROWSER") == "1":
