@@ -190,6 +190,9 @@ class Explorer(pn.viewable.Viewer):
         class_=xr.DataArray, default=None, allow_None=True, precedence=-1, doc="Comparison (query, key)."
     )
     message = param.String(default="", precedence=-1, doc="The last problem to show the user ('' when none).")
+    notice = param.String(
+        default="", precedence=-1, doc="What the user should know about what is shown, not a problem ('' when none)."
+    )
     busy = param.Boolean(default=False, precedence=-1, doc="Live input is running.")
     progress = param.String(default="", precedence=-1, doc="What live input or an upload is doing.")
 
@@ -392,10 +395,10 @@ class Explorer(pn.viewable.Viewer):
     def _refresh(self) -> None:
         """Recompute the outputs whose inputs changed and set them in one batch."""
         with self._lock:
+            self._notice = ""
             try:
-                self._notice = ""
                 outputs = self._compute_outputs()
-                message = self._notice
+                message = ""
             except Exception as exc:  # a failing aggregation must not kill the session
                 outputs = {}
                 message = f"{type(exc).__name__}: {exc}"
@@ -404,6 +407,8 @@ class Explorer(pn.viewable.Viewer):
                 self._keys[name] = outputs[name][0]
             if message != self.message:
                 changed["message"] = message
+            if self._notice != self.notice:
+                changed["notice"] = self._notice
             if changed:
                 self.param.update(**changed)
             self._push()

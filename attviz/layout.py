@@ -91,12 +91,20 @@ class ExplorerLayout:
 
         self.explorer.param.watch(show_message, ["message"])
         show_message()
+        notice = pn.pane.Alert(alert_type="info", visible=False, sizing_mode="stretch_width")
+
+        def show_notice(*_: Any) -> None:
+            notice.object = html.escape(self.explorer.notice)
+            notice.visible = bool(self.explorer.notice)
+
+        self.explorer.param.watch(show_notice, ["notice"])
+        show_notice()
         header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
         notes = pn.pane.Alert(
             "<br>".join(html.escape(p) for p in self.problems), alert_type="warning", visible=bool(self.problems)
         )
         prediction = pn.Card(*header, title="Prediction", collapsed=False, sizing_mode="stretch_width")
-        return pn.Column(message, notes, prediction, self.tabs, sizing_mode="stretch_width")
+        return pn.Column(message, notice, notes, prediction, self.tabs, sizing_mode="stretch_width")
 
     # -- controls -------------------------------------------------------------------------------
     def _controls(self) -> pn.Column:

@@ -321,7 +321,7 @@ def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_pa
     explorer.param.update(vector="attention_received", layer=1, head=2, head_reduction="head")
     np.testing.assert_array_equal(explorer.token_vector.values, stored.sel(vector="attention_received")[1, 2].values)
     assert explorer.token_vector["token_text"].values.tolist() == corpus[0].tokens
-    assert "keeps token vectors only (showing attention_received)" in explorer.message
+    assert "keeps token vectors only (showing attention_received)" in explorer.notice and explorer.message == ""
     explorer.head_reduction = "max"  # reductions over heads work on the stored vectors too
     expected = stored.sel(vector="attention_received")[1].values.max(axis=0)
     np.testing.assert_allclose(explorer.token_vector.values, expected)
@@ -331,7 +331,7 @@ def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_pa
         explorer.token_vector.values, stored.sel(vector="attention_from:query=-1")[1].values.max(0)
     )
     explorer.vector = "entropy"  # not stored: said plainly, nothing crashes
-    assert explorer.token_vector is None and "only attention_received, attention_from:query=-1" in explorer.message
+    assert explorer.token_vector is None and "only attention_received, attention_from:query=-1" in explorer.notice
     # the head summary comes from the store
     summary = explorer.head_summary
     assert summary.dims == ("layer", "head", "statistic")
@@ -340,7 +340,7 @@ def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_pa
     live = LiveModel(corpus.attrs["model"], loader=lambda: prepare_model(model, tokenizer, device="cpu"))
     again = Explorer(corpus, live_model=live)
     assert again.matrix is not None and again.document.meta["recomputed"] == corpus.attrs["model"]
-    assert again.message == ""
+    assert again.message == "" and again.notice == ""
 
 
 def test_every_tab_renders_a_store_of_token_vectors(tiny_bert, tmp_path):

@@ -310,7 +310,8 @@ class MatrixView(View):
                 self._plot(), sizing_mode="stretch_width", linked_axes=False, visible=self.param.data.rx.is_not(None)
             )
             placeholder = pn.pane.Markdown(
-                "*No matrix to show: choose a document (this view shows one (query, key) attention matrix).*",
+                "*No matrix to show: choose a document (this view shows one (query, key) attention matrix). "
+                "A store of token vectors only keeps none: serve it with its model to recompute them.*",
                 visible=self.param.data.rx.is_(None),
             )
             self._layout = pn.Column(placeholder, self._plot_pane, sizing_mode="stretch_width")
