@@ -145,11 +145,15 @@ class Capture:
         square = kind != "cross"
         reducers = policy.aggregations() if square else {}
         if reducers or (policy.summary and square):
+            flags_batch = None
+            if special is not None:  # every document's flags in one host-to-device copy
+                padded = np.zeros((len(sizes), max(m for _, m in sizes)), dtype=bool)
+                for b, (_, m) in enumerate(sizes):
+                    padded[b, :m] = np.asarray(special[b], dtype=bool)[:m]
+                flags_batch = torch.from_numpy(padded).to(device)
             for b, (n, m) in enumerate(sizes):
                 document = torch.stack([a[b, :, :n, :m] for a in attentions])  # (layer, head, query, key)
-                flags = None
-                if special is not None:
-                    flags = torch.tensor(np.asarray(special[b], dtype=bool), device=device)
+                flags = None if flags_batch is None else flags_batch[b, :m]
                 if reducers:
                     values = torch.stack([_reduce(agg, document, flags) for agg in reducers.values()])
                     out[b][kind + VECTORS] = HostCopy(values, stream)
