@@ -63,7 +63,7 @@ class Slice:
 
 
 def materialize(value: Any) -> Any:
-    """numpy (or :class:`Quantized` of numpy) for a value :func:`capture_kind` returned."""
+    """numpy (or :class:`Quantized` of numpy) for a value :meth:`Capture.kind` returned."""
     if isinstance(value, Quantized):
         return Quantized(materialize(value.q), materialize(value.scale))
     if isinstance(value, HostCopy | Slice):
