@@ -90,7 +90,7 @@ class StoragePolicy:
     heads: tuple[int, ...] | None = None
     vectors: tuple[str, ...] = ()
     summary: bool = False
-    _built: dict = field(default_factory=dict, compare=False, repr=False)
+    _built: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", parse_indices(self.layers, "layers"))
@@ -105,10 +105,6 @@ class StoragePolicy:
             if values is not None and (not values or len(set(values)) != len(values) or min(values) < 0):
                 raise AttvizError(f"{what} must be distinct non-negative positions, not {list(values)}")
         self.aggregations()  # unknown names and bad parameters fail now, not after the first batch
-
-    @property
-    def is_default(self) -> bool:
-        return self.matrices and self.layers is None and self.heads is None and not self.vectors and not self.summary
 
     def aggregations(self) -> dict[str, Any]:
         """``{spec: Aggregation}`` for :attr:`vectors`, checked to give ``(layer, head, token)``."""
