@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,8 +285,11 @@ class Corpus(Sequence[Document]):
     """An ordered collection of documents plus a corpus table.
 
     In memory after :func:`attviz.extract` without a store, or lazy over a zarr store
-    (:meth:`open`): the table is read at once, a document's arrays only when asked for.
+    (:meth:`open`): the table is read at once, a document's arrays only when asked for. A lazy
+    corpus keeps the last :attr:`cache_size` documents it loaded (least recently used go first).
     """
+
+    cache_size = 256
 
     def __init__(
         self,
@@ -307,7 +312,8 @@ class Corpus(Sequence[Document]):
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             raise ValueError(f"document ids must be unique; repeated: {dupes[:5]}")
         self._index = {doc_id: i for i, doc_id in enumerate(ids)}
-        self._cache: dict[int, Document] = {}
+        self._cache: OrderedDict[int, Document] = OrderedDict()  # lazily loaded documents, LRU
+        self._lock = threading.Lock()  # one corpus serves every session of an app
 
     # -- sequence protocol ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -326,10 +332,18 @@ class Corpus(Sequence[Document]):
         key %= n
         if self._documents is not None:
             return self._documents[key]
-        if key not in self._cache:
-            assert self._loader is not None
-            self._cache[key] = self._loader(key)
-        return self._cache[key]
+        with self._lock:
+            doc = self._cache.get(key)
+            if doc is not None:
+                self._cache.move_to_end(key)
+                return doc
+        assert self._loader is not None
+        doc = self._loader(key)
+        with self._lock:
+            doc = self._cache.setdefault(key, doc)  # another thread may have loaded it meanwhile
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return doc
 
     def __iter__(self) -> Iterator[Document]:
         for i in range(len(self)):

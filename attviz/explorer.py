@@ -73,6 +73,22 @@ OUTPUT_FOR = {
 _CACHE_SIZE = 6
 
 
+class _Ref:
+    """An object in a cache key, by identity. The key holds the object, so while the key is cached
+    the object cannot be freed and its ``id`` handed to another (a bare ``id()`` could be)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Ref) and other.obj is self.obj
+
+
 class _Memo:
     """A small LRU of computed values by key, counting how often each output was computed."""
 
@@ -348,7 +364,7 @@ class Explorer(pn.viewable.Viewer):
         doc = corpus[doc_id]
         if doc.has_matrices or "vectors" in doc.kinds or not self._can_recompute(corpus):
             return doc
-        return self._cached("recomputed", (source, id(corpus), doc_id), lambda: self._recompute(doc))
+        return self._cached("recomputed", (source, _Ref(corpus), doc_id), lambda: self._recompute(doc))
 
     def _can_recompute(self, corpus: Corpus) -> bool:
         """Matrices on demand only with the model that made the corpus (same tokens, same attention)."""
@@ -375,7 +391,7 @@ class Explorer(pn.viewable.Viewer):
         """The document's attention of ``kind`` in float32, transformed (cached)."""
         if kind not in doc.kinds or kind == "vectors":
             return None
-        key = (id(doc), kind, transform)
+        key = (_Ref(doc), kind, transform)
 
         def compute() -> xr.DataArray:
             array = doc.get(kind)
@@ -417,7 +433,7 @@ class Explorer(pn.viewable.Viewer):
         """``{output: (key, value)}`` for every derived output, from cache where the key is known."""
         out: dict[str, tuple[Any, Any]] = {}
         corpus = self._corpus(self.source)
-        corpus_key = (self.source, id(corpus), len(corpus) if corpus is not None else 0)
+        corpus_key = (self.source, _Ref(corpus), len(corpus) if corpus is not None else 0)
         out["table"] = (corpus_key, self._cached("table", corpus_key, lambda: corpus.table if corpus else None))
         doc = self._document(self.source, self.doc_id)
         doc_key = (corpus_key, self.doc_id)

@@ -362,3 +362,32 @@ def test_every_tab_renders_a_store_of_token_vectors(tiny_bert, tmp_path):
     explorer.head = 1
     explorer.doc_id = corpus.ids[1]
     assert explorer.token_vector is not None and not explorer.message.startswith("view ")
+
+
+def test_documents_evicted_from_the_corpus_show_their_own_attention(tmp_path):
+    corpus = corpus_of(4).save(tmp_path / "c.zarr")
+    reference = Corpus.open(tmp_path / "c.zarr")  # the same stored values, its own cache
+    corpus.cache_size = 1  # every switch loads a new Document object
+    explorer = Explorer(corpus)
+    for doc_id in ["d0", "d1", "d2", "d3", "d0", "d2", "d1", "d3"] * 3:
+        explorer.doc_id = doc_id
+        expected = reference[doc_id].attention.values.astype(np.float32)
+        np.testing.assert_array_equal(explorer.attention.values, expected)
+
+
+def test_cache_keys_hold_their_objects_by_identity():
+    import gc
+    import weakref
+
+    from attviz.explorer import _Ref
+
+    a, b = Document(id="x", text="t"), Document(id="x", text="t")
+    assert a == b and _Ref(a) != _Ref(b) and _Ref(a) == _Ref(a) and hash(_Ref(a)) == id(a)
+    key = (_Ref(a), "self", "none")
+    gone = weakref.ref(a)
+    del a
+    gc.collect()
+    assert gone() is not None  # alive while the key is: its id() cannot be handed to a new object
+    del key
+    gc.collect()
+    assert gone() is None

@@ -313,3 +313,22 @@ def test_extract_to_a_uint8_store(tiny_bert, tmp_path):
         assert a.attention.dims == b.attention.dims and a.tokens == b.tokens
         error = np.abs(a.attention.values.astype(np.float32) - b.attention.values).max()
         assert error <= quantised.attrs["max_abs_error"] + 1e-6
+
+
+def test_a_lazy_corpus_keeps_only_its_most_recent_documents(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    corpus = _corpus(6).save(tmp_path / "c.zarr")
+    reference = Corpus.open(tmp_path / "c.zarr")  # the same stored values, its own cache
+    corpus.cache_size = 2
+    first = corpus[0]
+    assert corpus[0] is first  # cached
+    corpus[1], corpus[2]  # two newer documents push document 0 out
+    again = corpus[0]
+    assert again is not first
+    np.testing.assert_array_equal(again.attention.values, reference[0].attention.values)
+    assert len(corpus._cache) == 2
+    # many threads (sessions of one app) reading at once: every document is the right one
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: corpus[i % 6].id, range(600)))
+    assert ids == [reference[i % 6].id for i in range(600)] and len(corpus._cache) == 2
