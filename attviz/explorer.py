@@ -29,7 +29,7 @@ import xarray as xr
 
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
-from attviz.corpus import MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document
+from attviz.corpus import MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document, tokens_of
 from attviz.errors import AttvizError
 from attviz.policy import parse_aggregation
 
@@ -262,15 +262,16 @@ class Explorer(pn.viewable.Viewer):
         names = {e.name for e in events}
         self._busy_refresh = True
         try:
-            fixes = self._constrain(names)
+            fixes = self._constrain(names, {e.name: e.old for e in events})
             if fixes:
                 self.param.update(**fixes)
         finally:
             self._busy_refresh = False
         self._refresh()
 
-    def _constrain(self, changed: set[str]) -> dict[str, Any]:
-        """Adjust dependent choices (document list, bounds, kinds) after ``changed`` inputs."""
+    def _constrain(self, changed: set[str], old: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Adjust dependent choices (document list, bounds, kinds) after ``changed`` inputs
+        (``old``: their previous values)."""
         fixes: dict[str, Any] = {}
         if "corpora" in changed:
             names = list(self.corpora)
@@ -294,7 +295,7 @@ class Explorer(pn.viewable.Viewer):
                 fixes["compare_doc_id"] = doc_id if doc_id in ids else (ids[0] if ids else None)
         if {"corpora", "source", "doc_id", "kind", "transform"} & changed:
             doc = self._document(source, fixes.get("doc_id", self.doc_id))
-            fixes.update(self._fit_to_document(doc, changed))
+            fixes.update(self._fit_to_document(doc, changed, old or {}))
         if "vector" in changed and (self.vector_aggregation is None or self.vector_aggregation.id != self.vector):
             fixes["vector_aggregation"] = aggregations.get(self.vector)
         elif "vector_aggregation" in changed and self.vector_aggregation is not None:
@@ -305,7 +306,9 @@ class Explorer(pn.viewable.Viewer):
             self._watch_aggregation(fixes.get("vector_aggregation", self.vector_aggregation))
         return {k: v for k, v in fixes.items() if getattr(self, k) is not v and getattr(self, k) != v}
 
-    def _fit_to_document(self, doc: Document | None, changed: set[str]) -> dict[str, Any]:
+    def _fit_to_document(
+        self, doc: Document | None, changed: set[str], old: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Kinds, layer/head bounds and selection for a newly shown document."""
         fixes: dict[str, Any] = {}
         if doc is None:
@@ -328,8 +331,30 @@ class Explorer(pn.viewable.Viewer):
         if self.head >= n_heads:
             fixes["head"] = n_heads - 1
         if {"corpora", "source", "doc_id", "kind", "transform"} & changed and "selected_token" not in changed:
-            fixes["selected_token"] = None
+            mapped = None
+            if changed == {"transform"} and self.selected_token is not None and "transform" in (old or {}):
+                mapped = self._map_token(doc, kind, old["transform"], self.selected_token)
+            fixes["selected_token"] = mapped
         return fixes
+
+    def _map_token(self, doc: Document, kind: str, before: str, position: int) -> int | None:
+        """The position, after a transform change, of the token at ``position`` before it: the token
+        covering the same characters (a word piece maps to its merged word), or the same special
+        token; None when the transform dropped it."""
+        old_array, new_array = self._attention(doc, kind, before), self._attention(doc, kind, self.transform)
+        if old_array is None or new_array is None:
+            return None
+        old_tokens, new_tokens = tokens_of(old_array, "query"), tokens_of(new_array, "query")
+        if not 0 <= position < len(old_tokens):
+            return None
+        token = old_tokens.iloc[position]
+        if token["special"]:
+            same = new_tokens[new_tokens["special"] & (new_tokens["text"] == token["text"])]
+            rank = int((old_tokens["special"] & (old_tokens["text"] == token["text"])).iloc[:position].sum())
+            return int(same.index[rank]) if rank < len(same) else None
+        words = new_tokens[~new_tokens["special"]]
+        covering = words[(words["start"] <= token["start"]) & (token["start"] < words["end"])]
+        return int(covering.index[0]) if len(covering) else None
 
     def _watch_aggregation(self, agg: Aggregation | None) -> None:
         """Recompute when the token-vector aggregation's own parameters change."""

@@ -391,3 +391,38 @@ def test_cache_keys_hold_their_objects_by_identity():
     del key
     gc.collect()
     assert gone() is None
+
+
+def test_the_selected_token_follows_a_transform_change(tiny_bert):
+    from attviz.extract import extract
+
+    model, tokenizer = tiny_bert
+    text = "An unbelievable photosynthesis result."
+    corpus = extract([text], model=model, tokenizer=tokenizer, progress=False)
+    tokens = corpus[0].token_table()
+    explorer = Explorer(corpus)
+    # a word piece inside "photosynthesis" (not its first piece)
+    piece = next(i for i in tokens.index if tokens.loc[i, "text"].startswith("##") and tokens.loc[i, "start"] > 15)
+    word = text[tokens.loc[piece, "start"] : tokens.loc[piece, "end"]]
+    assert word and word in "photosynthesis"
+    explorer.selected_token = int(piece)
+    explorer.transform = "merge_words"
+    merged = explorer.attention
+    chosen = explorer.selected_token
+    assert chosen is not None
+    assert text[int(merged["query_start"][chosen]) : int(merged["query_end"][chosen])] == "photosynthesis"
+    explorer.transform = "drop_special"  # the merged word maps to the piece its first character is in
+    dropped = explorer.attention
+    start = int(dropped["query_start"][explorer.selected_token])
+    assert start == text.index("photosynthesis")
+    explorer.transform = "none"
+    explorer.selected_token = 0  # [CLS]
+    explorer.transform = "drop_special"
+    assert explorer.selected_token is None  # dropped with the special tokens
+    explorer.transform = "none"
+    last = len(tokens) - 1  # [SEP] survives merging words: the same special token
+    explorer.selected_token = last
+    explorer.transform = "merge_words"
+    assert explorer.attention["query_text"].values[explorer.selected_token] == "[SEP]"
+    explorer.doc_id = explorer.doc_id  # no change: the selection stays
+    assert explorer.selected_token is not None
