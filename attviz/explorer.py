@@ -321,6 +321,10 @@ class Explorer(pn.viewable.Viewer):
         attention = self._attention(doc, kind, self.transform)
         if attention is None and kind + VECTORS in doc.kinds:
             attention = doc.get(kind + VECTORS)  # a store that keeps token vectors only
+            stored = [parse_aggregation(str(v))[0] for v in attention["vector"].values]
+            if self.vector not in stored and stored[0] in self.param.vector.objects.values():
+                fixes["vector"] = stored[0]  # show what the store has rather than a notice
+                fixes["vector_aggregation"] = aggregations.get(stored[0])
         if attention is not None and "layer" in attention.dims:
             n_layers = attention.sizes["layer"]
             self.param.layer.bounds = (0, max(n_layers - 1, 0))

@@ -341,6 +341,12 @@ def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_pa
     again = Explorer(corpus, live_model=live)
     assert again.matrix is not None and again.document.meta["recomputed"] == corpus.attrs["model"]
     assert again.message == "" and again.notice == ""
+    # a store of other vectors opens on the first one it keeps
+    only = StoragePolicy(matrices=False, vectors=("entropy:normalised=true",))
+    entropy = extract(texts, model=model, tokenizer=tokenizer, progress=False, policy=only)
+    opened = Explorer(entropy)
+    assert opened.vector == "entropy" and opened.token_vector is not None
+    assert "showing entropy:normalised=true" in opened.notice
 
 
 def test_every_tab_renders_a_store_of_token_vectors(tiny_bert, tmp_path):
