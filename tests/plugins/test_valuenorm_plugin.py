@@ -174,7 +174,10 @@ def test_view_shows_alpha_against_norm_weighted_shares(valuenorm_dist, three_tok
     np.testing.assert_allclose(weighted.dimension_values("weighted"), [0.5, 0.5, 0.0])  # [1, 1, 0] / 2
     # positions, not token texts, on x: the two "the" tokens stay apart, labelled by their text
     assert list(weighted.dimension_values("position")) == [0, 1, 2]
-    plot = hv.render(view.plot())
+    # its own Bokeh document: hv.render would use curdoc(), which a served app may have set in this thread
+    from bokeh.document import Document
+
+    plot = hv.renderer("bokeh").get_plot(view.plot(), doc=Document()).state
     assert plot.xaxis[0].major_label_overrides == {0: "[CLS]", 1: "the", 2: "the"}
 
     view.selected_token = 2  # [0.2, 0.4, 0.4] · [2, 4, 0] = [0.4, 1.6, 0] -> [0.2, 0.8, 0]
