@@ -20,6 +20,7 @@ import holoviews as hv
 import panel as pn
 from panel.theme.fast import Fast
 
+from attviz import _compat
 from attviz.corpus import Corpus
 from attviz.explorer import Explorer, _as_corpora
 from attviz.layout import ExplorerLayout
@@ -68,6 +69,9 @@ class OfflineFast(Fast):
 
 
 OfflineFast.__name__ = "Fast"
+
+
+_compat.install()  # bokeh's patch_curdoc leaks a document when a callback raises (see attviz._compat)
 
 
 def create_app(inputs: Sequence[str] = (), model: str | None = None, *, live: bool = True) -> Any:
