@@ -123,6 +123,14 @@ class ExplorerLayout:
         e.param.watch(lambda *_: setattr(kind, "visible", len(e.param.kind.objects) > 1), ["doc_id", "source"])
         layer = pn.widgets.IntSlider.from_param(p.layer, label="Layer", sizing_mode="stretch_width")
         head = pn.widgets.IntSlider.from_param(p.head, label="Head", sizing_mode="stretch_width")
+        kept = pn.pane.HTML(sizing_mode="stretch_width", visible=False)
+
+        def show_kept(*_: Any) -> None:
+            kept.object = _kept_text(e)
+            kept.visible = bool(kept.object)
+
+        e.param.watch(show_kept, ["attention", "layer", "head", "head_reduction"])
+        show_kept()
         reduction = pn.widgets.Select.from_param(p.head_reduction, label="Combine heads", sizing_mode="stretch_width")
         vector = pn.widgets.Select.from_param(p.vector, label="Token colour", sizing_mode="stretch_width")
         transform = pn.widgets.Select.from_param(p.transform, label="Transform", sizing_mode="stretch_width")
@@ -158,6 +166,7 @@ class ExplorerLayout:
             kind,
             layer,
             head,
+            kept,
             reduction,
             vector,
             settings,
@@ -264,6 +273,24 @@ class ExplorerLayout:
             self.main,
             sizing_mode="stretch_width",
         )
+
+
+def _kept_text(e: Explorer) -> str:
+    """The model's own layer/head numbers when the store keeps only some ('' when all are kept)."""
+    attention = e.attention
+    if attention is None or "layer" not in attention.dims:
+        return ""
+    parts = []
+    for dim, index in (("layer", e.layer), ("head", e.head)):
+        if dim not in attention.dims:
+            continue
+        numbers = [int(v) for v in attention[dim].values]
+        if numbers != list(range(len(numbers))):
+            label = (
+                "all kept" if dim == "head" and e.head_reduction != "head" else numbers[min(index, len(numbers) - 1)]
+            )
+            parts.append(f"model {dim} <b>{label}</b> (of kept {', '.join(map(str, numbers))})")
+    return f"<small>{'; '.join(parts)}</small>" if parts else ""
 
 
 def _selected_text(e: Explorer) -> str:

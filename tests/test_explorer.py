@@ -432,3 +432,28 @@ def test_the_selected_token_follows_a_transform_change(tiny_bert):
     assert explorer.attention["query_text"].values[explorer.selected_token] == "[SEP]"
     explorer.doc_id = explorer.doc_id  # no change: the selection stays
     assert explorer.selected_token is not None
+
+
+def test_a_store_of_some_layers_and_heads_shows_the_model_numbers(tiny_bert):
+    from attviz.extract import extract
+    from attviz.layout import _kept_text
+    from attviz.policy import StoragePolicy
+
+    model, tokenizer = tiny_bert
+    corpus = extract(
+        ["The cat sat."],
+        model=model,
+        tokenizer=tokenizer,
+        progress=False,
+        policy=StoragePolicy(layers="1", heads="0,2"),
+    )
+    explorer = Explorer(corpus, head_reduction="head")
+    assert explorer.param.layer.bounds == (0, 0) and explorer.param.head.bounds == (0, 1)
+    explorer.head = 1
+    assert _kept_text(explorer) == (
+        "<small>model layer <b>1</b> (of kept 1); model head <b>2</b> (of kept 0, 2)</small>"
+    )
+    np.testing.assert_array_equal(explorer.matrix.values, corpus[0].attention.sel(layer=1, head=2).values)
+    explorer.head_reduction = "mean"
+    assert "model head <b>all kept</b>" in _kept_text(explorer)
+    assert _kept_text(Explorer(corpus_of())) == ""  # every layer and head: nothing to say
