@@ -114,7 +114,10 @@ def extract(
     max_length = _max_length(loaded, max_length)
     predictor = _predictor(label_descriptions, loaded)
     policy = policy or StoragePolicy()
-    policy.check(*_shape(loaded))
+    layers, heads = _shape(loaded)
+    if loaded.encoder_decoder:  # a kept layer must exist in the decoder too
+        layers = min(layers, expected_layers(loaded.config, "decoder") or layers)
+    policy.check(layers, heads)
 
     units = tokenize(loaded, texts, ids, labels, max_length=max_length, long_texts=long_texts, stride=stride)
     if loaded.encoder_decoder:

@@ -156,6 +156,37 @@ def test_decoder_and_encoder_decoder_policies(tiny_gpt2, tiny_t5):
     assert doc.get("decoder_vectors").sizes["token"] == doc.get("decoder").sizes["key"]
 
 
+def test_kept_layers_must_exist_in_the_decoder_too(bert_tokenizer):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=bert_tokenizer.vocab_size,
+        d_model=16,
+        d_kv=8,
+        d_ff=16,
+        num_layers=3,  # the encoder has a layer 2, the decoder does not
+        num_decoder_layers=2,
+        num_heads=2,
+        decoder_start_token_id=bert_tokenizer.pad_token_id,
+        pad_token_id=bert_tokenizer.pad_token_id,
+        attn_implementation="eager",
+    )
+    model = T5ForConditionalGeneration(config).eval()
+    with pytest.raises(AttvizError, match=r"layer 2 does not exist: the model has 2 layers"):
+        extract(
+            ["a b"],
+            model=model,
+            tokenizer=bert_tokenizer,
+            targets=["a"],
+            progress=False,
+            policy=StoragePolicy(layers="2"),
+        )
+    corpus = extract(
+        ["a b"], model=model, tokenizer=bert_tokenizer, targets=["a"], progress=False, policy=StoragePolicy(layers="1")
+    )
+    assert [corpus[0].get(k)["layer"].values.tolist() for k in ("encoder", "decoder", "cross")] == [[1], [1], [1]]
+
+
 def test_estimated_bytes_follow_the_policy(tiny_bert):
     model, tok = tiny_bert
     loaded = prepare_model(model, tok, device="cpu")
