@@ -83,28 +83,26 @@ class ExplorerLayout:
         self.explorer.set_active([*header, *active])
 
     def _main(self) -> pn.Column:
-        message = pn.pane.Alert(alert_type="danger", visible=False, sizing_mode="stretch_width")
-
-        def show_message(*_: Any) -> None:
-            message.object = html.escape(self.explorer.message)
-            message.visible = bool(self.explorer.message)
-
-        self.explorer.param.watch(show_message, ["message"])
-        show_message()
-        notice = pn.pane.Alert(alert_type="info", visible=False, sizing_mode="stretch_width")
-
-        def show_notice(*_: Any) -> None:
-            notice.object = html.escape(self.explorer.notice)
-            notice.visible = bool(self.explorer.notice)
-
-        self.explorer.param.watch(show_notice, ["notice"])
-        show_notice()
+        message = self._alert("message", "danger")  # a problem
+        notice = self._alert("notice", "info")  # what the user should know about what is shown
         header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
         notes = pn.pane.Alert(
             "<br>".join(html.escape(p) for p in self.problems), alert_type="warning", visible=bool(self.problems)
         )
         prediction = pn.Card(*header, title="Prediction", collapsed=False, sizing_mode="stretch_width")
         return pn.Column(message, notice, notes, prediction, self.tabs, sizing_mode="stretch_width")
+
+    def _alert(self, name: str, alert_type: str) -> pn.pane.Alert:
+        """An alert showing the explorer's text parameter ``name`` (escaped), hidden while it is empty."""
+        alert = pn.pane.Alert(alert_type=alert_type, visible=False, sizing_mode="stretch_width")
+
+        def show(*_: Any) -> None:
+            text = getattr(self.explorer, name)
+            alert.object, alert.visible = html.escape(text), bool(text)
+
+        self.explorer.param.watch(show, [name])
+        show()
+        return alert
 
     # -- controls -------------------------------------------------------------------------------
     def _controls(self) -> pn.Column:
