@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from attviz.capture import array_attrs, materialize
-from attviz.corpus import KIND_STREAMS, Corpus, Document, attention_array, build_table, kind_role
+from attviz.corpus import Corpus, Document, build_table, kind_role
 from attviz.policy import StoragePolicy
-from attviz.store import Quantized, StoreWriter, dequantize_rows, stored_array
+from attviz.store import StoreWriter, stored_array
 from attviz.tokenization import Unit
 
 
@@ -49,9 +49,12 @@ class Sink:
 
     def host_arrays(self, arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """A document's arrays as numpy (waiting for their device copies) and their store attrs."""
+        cache = self.__dict__.setdefault("_attrs", {})  # the same for every document of a job
         attrs: dict[str, dict[str, Any]] = {}
         for base in {kind_role(kind)[1] for kind in arrays}:
-            attrs.update(array_attrs(self.policy, base))
+            if base not in cache:
+                cache[base] = array_attrs(self.policy, base)
+            attrs.update(cache[base])
         return {k: materialize(v) for k, v in arrays.items()}, {k: attrs.get(k, {}) for k in arrays}
 
     def write_batch(self, results: list) -> None: ...
@@ -79,16 +82,7 @@ class MemorySink(Sink):
             tokens = _unit_tokens(unit)
             data = {}
             for kind, values in arrays.items():
-                role, base = kind_role(kind)
-                q, k = KIND_STREAMS[base]
-                if role != "matrix":
-                    data[kind] = stored_array(kind, values, array_attrs[kind], tokens[q])
-                    continue
-                if isinstance(values, Quantized):
-                    values = dequantize_rows(values.q, values.scale)
-                name = kind if kind != "self" else "attention"
-                where = {"layers": array_attrs[kind].get("layer"), "heads": array_attrs[kind].get("head")}
-                data[kind] = attention_array(values, tokens[q], tokens[k], name=name, **where)
+                data[kind] = stored_array(kind, values, array_attrs[kind], tokens.__getitem__)
             documents.append(
                 Document(
                     id=unit.id,

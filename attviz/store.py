@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -451,14 +451,26 @@ def stored_attrs(array: xr.DataArray) -> dict[str, Any]:
     return out
 
 
-def stored_array(kind: str, values: Any, attrs: Mapping[str, Any], tokens: pd.DataFrame | None) -> xr.DataArray:
-    """Rebuild a policy's ``<kind>_vectors`` / ``<kind>_summary`` array from its values and attrs."""
-    role, _ = kind_role(kind)
+def stored_array(
+    kind: str, values: Any, attrs: Mapping[str, Any], tokens: Callable[[str], pd.DataFrame]
+) -> xr.DataArray:
+    """A document's array of ``kind`` rebuilt from its stored values and attrs (any role: matrix,
+    a policy's vectors or summary, legacy vectors); ``tokens(stream)`` gives a stream's token table.
+    Used by the store reader and the in-memory sink alike."""
+    role, base = kind_role(kind)
+    if isinstance(values, Quantized):
+        values = dequantize_rows(values.q, values.scale)
     where = {"layers": attrs.get("layer"), "heads": attrs.get("head")}
+    if role == "legacy":
+        return vector_array(values, tokens("source"), attrs.get("vector", []))
+    if role == "matrix":
+        query_stream, key_stream = KIND_STREAMS[kind]
+        name = kind if kind != "self" else "attention"
+        return attention_array(values, tokens(query_stream), tokens(key_stream), name=name, **where)
     if role == "vectors":
         array = token_vectors_array(
             values,
-            tokens,
+            tokens(KIND_STREAMS[base][0]),
             attrs["vector"],
             long_names=attrs.get("vector_long_name"),
             units=attrs.get("vector_units"),
@@ -544,20 +556,8 @@ class _StoreLoader:
                 if encoding.get("name") != UINT8:
                     raise StoreError(f"{self.path}: unknown matrix encoding {encoding.get('name')!r}; upgrade attviz")
                 values = dequantize_rows(values, da.from_zarr(self.root[f"docs/{group}/{encoding['scale']}"]))
-            role, base = kind_role(kind)
-            if role == "legacy":
-                return vector_array(values, self.token_table(i, "source"), attrs.get("vector", []))
-            if role != "matrix":
-                tokens = self.token_table(i, KIND_STREAMS[base][0]) if role == "vectors" else None
-                return stored_array(kind, np.asarray(array[...]), attrs, tokens)
-            query_stream, key_stream = KIND_STREAMS[kind]
-            return attention_array(
-                values,
-                self.token_table(i, query_stream),
-                self.token_table(i, key_stream),
-                layers=attrs.get("layer"),
-                heads=attrs.get("head"),
-                name=kind if kind != "self" else "attention",
-            )
+            if kind_role(kind)[0] in ("vectors", "summary"):  # small: read at once
+                values = np.asarray(array[...])
+            return stored_array(kind, values, attrs, lambda stream: self.token_table(i, stream))
 
         return load

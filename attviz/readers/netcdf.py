@@ -167,8 +167,7 @@ def _decode(dataset: xr.Dataset, kind: str) -> xr.DataArray:
         names = [str(v) for v in array["vector"].values]
         result = vector_array(values, _frame(array, "token"), names)
     elif role != "matrix":
-        tokens = _frame(array, "token") if role == "vectors" else None
-        result = stored_array(kind, values, stored_attrs(array), tokens)
+        result = stored_array(kind, values, stored_attrs(array), lambda _: _frame(array, "token"))
     else:
         result = attention_array(
             values,
