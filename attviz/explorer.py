@@ -306,9 +306,7 @@ class Explorer(pn.viewable.Viewer):
             self._watch_aggregation(fixes.get("vector_aggregation", self.vector_aggregation))
         return {k: v for k, v in fixes.items() if getattr(self, k) is not v and getattr(self, k) != v}
 
-    def _fit_to_document(
-        self, doc: Document | None, changed: set[str], old: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def _fit_to_document(self, doc: Document | None, changed: set[str], old: Mapping[str, Any]) -> dict[str, Any]:
         """Kinds, layer/head bounds and selection for a newly shown document."""
         fixes: dict[str, Any] = {}
         if doc is None:
@@ -336,7 +334,7 @@ class Explorer(pn.viewable.Viewer):
             fixes["head"] = n_heads - 1
         if {"corpora", "source", "doc_id", "kind", "transform"} & changed and "selected_token" not in changed:
             mapped = None
-            if changed == {"transform"} and self.selected_token is not None and "transform" in (old or {}):
+            if changed == {"transform"} and self.selected_token is not None and "transform" in old:
                 mapped = self._map_token(doc, kind, old["transform"], self.selected_token)
             fixes["selected_token"] = mapped
         return fixes
@@ -525,7 +523,7 @@ class Explorer(pn.viewable.Viewer):
             out["head_vectors"] = out["token_vector"] = (None, None)
             self._notice = (
                 f"this store keeps no matrices, only {', '.join(specs)}: choose one of them under "
-                f"'Colour tokens by', or load {model} (--model) to recompute the matrices"
+                f"'Token colour', or load {model} (--model) to recompute the matrices"
             )
             return out
         vec_key = (doc_key, self.kind, spec, self.layer)

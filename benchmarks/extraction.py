@@ -96,20 +96,41 @@ def disk_write_rate(directory: Path, megabytes: int) -> float:
     return max(1, megabytes // 8) * len(block) / seconds
 
 
+SHAPES = {  # random-weight BERTs of these shapes (BertConfig's defaults are bert-base)
+    "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+    "bert-base": {},
+    "bert-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+}
+
+
+def random_bert(shape: str, positions: int = 512):
+    """``(model, tokenizer)``: a random-weight eager BERT of a :data:`SHAPES` shape with the bundled
+    WordPiece vocabulary and ``positions`` positions (seeded: the same weights every run)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from attviz.models import bundled_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path(), model_max_length=positions)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_position_embeddings=positions,
+        attn_implementation="eager",
+        **SHAPES[shape],
+    )
+    return BertModel(config).eval(), tokenizer
+
+
 def load(model: str, device: str, dtype: str | None):
     """The bundled MiniLM, or a random-weight model of a named shape (``bert-base``: 12 × 12, 768)."""
     if model == "minilm":
         return load_model(None, device=device, dtype=dtype)
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from attviz.models import prepare_model
 
-    from attviz.models import bundled_model_path, prepare_model
-
-    shapes = {"bert-base": {}, "bert-large": {"num_hidden_layers": 24, "num_attention_heads": 16, "hidden_size": 1024}}
-    torch.manual_seed(0)
-    network = BertModel(BertConfig(attn_implementation="eager", **shapes[model])).eval()
+    network, tokenizer = random_bert(model)
     if dtype:
         network = network.to(getattr(torch, dtype))
-    loaded = prepare_model(network, AutoTokenizer.from_pretrained(bundled_model_path()), device=device)
+    loaded = prepare_model(network, tokenizer, device=device)
     loaded.name = f"random-{model}"
     return loaded
 

@@ -118,28 +118,13 @@ def minilm_corpus(tokens: int):
 
 def random_bert_corpus(tokens: int):
     """A random-weight BERT of MiniLM's shape (6 layers × 12 heads) with ``tokens`` positions, same texts."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
     from attviz.demo import demo_records
     from attviz.extract import extract
-    from attviz.models import bundled_model_path
+    from benchmarks.extraction import random_bert
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path(), model_max_length=tokens)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=384,
-        num_hidden_layers=6,
-        num_attention_heads=12,
-        intermediate_size=1536,
-        max_position_embeddings=tokens,
-        attn_implementation="eager",
-    )
+    model, tokenizer = random_bert("minilm", positions=tokens)
     text = " ".join(r["text"] for r in demo_records())
-    return extract(
-        [text], model=BertModel(config).eval(), tokenizer=tokenizer, ids=["long"], max_length=tokens, progress=False
-    )
+    return extract([text], model=model, tokenizer=tokenizer, ids=["long"], max_length=tokens, progress=False)
 
 
 def export_module():
