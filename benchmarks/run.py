@@ -249,6 +249,9 @@ def run_export(sizes: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
             html = export.export_html(corpus)
             times.append(time.perf_counter() - start)
         entry: dict[str, Any] = {"tokens": n, "attviz_bytes": len(html.encode()), "attviz_s": statistics.median(times)}
+        start = time.perf_counter()
+        entry["attviz_matrix_bytes"] = len(export.export_html(corpus, quantization="matrix").encode())
+        entry["attviz_matrix_s"] = time.perf_counter() - start
         if have_bertviz:
             bv_times, size = [], 0
             for _ in range(1 if n >= 256 else repeat):
@@ -270,6 +273,16 @@ def run_export(sizes: list[int], repeat: int) -> tuple[list[dict], list[dict]]:
             rows.append(
                 row("export", what, show(entry[f"attviz_{key}"]), baseline, fraction(entry.get(ratio)), target, ok)
             )
+        matrix_bytes = entry["attviz_matrix_bytes"]
+        rows.append(
+            row(
+                "export",
+                f"file size, {n} tokens, --quantization matrix (one scale per head's matrix)",
+                mb(matrix_bytes),
+                mb(entry["bertviz_bytes"]) if have_bertviz else "bertviz not installed",
+                fraction(matrix_bytes / entry["bertviz_bytes"]) if have_bertviz else None,
+            )
+        )
     if not have_bertviz:
         print("  export: bertviz is not installed (pip install bertviz): attviz measured alone", flush=True)
     return results, rows

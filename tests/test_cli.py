@@ -172,6 +172,10 @@ def test_export_writes_one_offline_page_of_the_chosen_documents(tmp_path, capsys
     assert code == 1 and "already exists" in err
     code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page, "--overwrite", "--layers", "x")
     assert code == 1 and "--layers takes comma-separated integers" in err
+    code, _, err = _run(capsys, "export", tmp_path / "tiny.zarr", "-o", page, "--overwrite", "--quantization", "matrix")
+    from tests.test_export import parse_page
+
+    assert code == 0 and parse_page(page.read_text(encoding="utf-8"))[0]["quantization"] == "matrix"
 
 
 def test_extract_with_a_storage_policy_and_info(tmp_path, tiny_model_dir, capsys):

@@ -67,6 +67,36 @@ def test_quantize_rows_by_hand():
     assert q.dtype == np.uint8 and scale.dtype == np.float32
 
 
+def test_quantize_per_matrix_by_hand():
+    # Two 2×2 matrices: every row of a matrix shares its maximum / 255 (NaN and negatives count as 0).
+    values = np.array([[[0.5, 0.3], [0.1, 0.0]], [[np.nan, -1.0], [0.2, 0.03]]])
+    q, scale = quantize_rows(values, per="matrix")
+    np.testing.assert_allclose(scale, [[0.5 / 255] * 2, [0.2 / 255] * 2], rtol=1e-6)
+    # 0.3 / 0.5 × 255 = 153; 0.1 / 0.5 × 255 = 51; 0.03 / 0.2 × 255 = 38.25 → 38.
+    assert q.tolist() == [[[255, 153], [51, 0]], [[0, 0], [255, 38]]]
+    # Small blocks walk the rows in several steps and give the same result.
+    assert (quantize_rows(values, block=2, per="matrix")[0] == q).all()
+    with pytest.raises(ValueError, match="quantisation"):
+        quantize_rows(values, per="column")
+
+
+def test_matrix_quantization_keeps_the_bound_and_shrinks_the_page():
+    doc = make_doc("a", 48, layers=2, heads=3, seed=4)
+    source = doc.attention.values.astype(np.float32)
+    row_page, matrix_page = export_html(doc), export_html(doc, quantization="matrix")
+    manifest, blobs = parse_page(matrix_page)
+    assert manifest["quantization"] == "matrix"
+    assert "scale (one per head" in matrix_page and "scale (the row" in row_page  # the notes say which
+    for layer in range(2):
+        error = np.abs(decoded(manifest, blobs, 0, layer) - source[layer])
+        top = source[layer].max(axis=(1, 2))  # per head
+        assert (error.max(axis=(1, 2)) <= top / 510 * (1 + 1e-5)).all()
+        assert error.max() <= manifest["max_error"] * (1 + 1e-5) <= 1 / 510
+    assert len(matrix_page) < len(row_page)
+    with pytest.raises(InputError, match="quantisation"):
+        export_html(doc, quantization="log")
+
+
 @pytest.mark.parametrize("encoding", ["deflate", "raw"])
 def test_payload_round_trip_within_half_a_step(encoding):
     from attviz.export.payload import encode_layer

@@ -19,10 +19,10 @@ from attviz.atomic import write_text
 from attviz.corpus import Corpus, Document
 from attviz.errors import InputError
 from attviz.export.page import render_page
-from attviz.export.payload import ENCODINGS, decode_layer, document_payload, quantize_rows
+from attviz.export.payload import ENCODINGS, QUANTIZATIONS, decode_layer, document_payload, quantize_rows
 
 VIEWS = ("text", "matrix", "predictions")
-__all__ = ["VIEWS", "decode_layer", "export_html", "quantize_rows", "write_atomic"]
+__all__ = ["QUANTIZATIONS", "VIEWS", "decode_layer", "export_html", "quantize_rows", "write_atomic"]
 
 
 def export_html(
@@ -40,6 +40,7 @@ def export_html(
     max_page_bytes: int = 100 * 2**20,
     max_documents: int = 200,
     compress: bool = True,
+    quantization: str = "row",
 ) -> str:
     """Write one self-contained HTML page (inline JS/CSS, no network) and return its text.
 
@@ -55,12 +56,18 @@ def export_html(
     max_page_bytes: encoded attention the page may hold; the documents after the one that passes it
         are left out (a note says how many). ``max_documents`` caps the count when ``doc_ids`` is None.
     compress: deflate the payload (the page inflates it with the browser's ``DecompressionStream``).
+    quantization: ``"row"`` (uint8 with a scale per row: every row keeps 256 levels, error ≤ row max / 510)
+        or ``"matrix"`` (one scale per head's matrix: error ≤ matrix max / 510, the same bound for
+        attention; ~2.6× smaller pages, but rows far below their matrix's maximum keep few levels).
     """
     views = tuple(views)
     if unknown := [v for v in views if v not in VIEWS]:
         raise InputError(f"unknown view(s) {', '.join(map(repr, unknown))}", expected=f"some of {', '.join(VIEWS)}")
     if max_tokens < 1:
         raise InputError(f"max_tokens must be positive, not {max_tokens}")
+    if quantization not in QUANTIZATIONS:
+        expected = " or ".join(QUANTIZATIONS)
+        raise InputError(f"unknown quantisation {quantization!r}", field="quantization", expected=expected)
     corpus = _as_corpus(corpus_or_path)
     documents, notes = _pick_documents(corpus, doc_ids, max_documents)
     if not documents:
@@ -85,16 +92,18 @@ def export_html(
             max_bytes=max_bytes,
             encoding=encoding,
             attention=with_attention,
+            quantization=quantization,
         )
         entries.append(payload.entry)
         blobs.update(payload.blobs)
         size += sum(map(len, payload.blobs.values()))
         max_error = max(max_error, payload.max_error)
     if blobs:
+        scale = "the row's maximum / 255" if quantization == "row" else "one per head's matrix: its maximum / 255"
         notes.append(
-            "Attention is stored as 8-bit integers per row with a float32 scale (the row's maximum / 255): every "
-            f"value shown is within half a step of the model's, at most {max_error:.3g} here (≤ 1/510 ≈ 0.00196 "
-            "whenever weights are ≤ 1); means and maxima over heads keep that bound."
+            f"Attention is stored as 8-bit integers with a float32 scale ({scale}): every value shown is within "
+            f"half a step of the model's, at most {max_error:.3g} here (≤ 1/510 ≈ 0.00196 whenever weights are "
+            "≤ 1); means and maxima over heads keep that bound."
         )
     from attviz import __version__
 
@@ -103,7 +112,13 @@ def export_html(
         title = "attviz" + (f" — {model}" if model else "") + f" — {_count(len(entries), 'document')}"
     elif model:
         notes.insert(0, f"Model: {model}.")
-    manifest = {"version": __version__, "encoding": encoding, "max_error": max_error, "docs": entries}
+    manifest = {
+        "version": __version__,
+        "encoding": encoding,
+        "quantization": quantization,
+        "max_error": max_error,
+        "docs": entries,
+    }
     page = render_page(title=title, manifest=manifest, blobs=blobs, views=views, notes=notes)
     if path is not None:
         write_atomic(path, page)
