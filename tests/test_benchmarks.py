@@ -119,4 +119,5 @@ def test_export_section_runs_on_a_short_document(tmp_path):
     assert entry["tokens"] == 24 and entry["attviz_bytes"] > 0 and entry["attviz_s"] > 0
     if bv.available():
         assert entry["bertviz_bytes"] > 0 and entry["size_ratio"] == entry["attviz_bytes"] / entry["bertviz_bytes"]
-    assert [r["section"] for r in results["rows"]] == ["export", "export"]
+    assert 0 < entry["attviz_matrix_bytes"] <= entry["attviz_bytes"]  # one scale per matrix: never larger
+    assert [r["section"] for r in results["rows"]] == ["export"] * 3  # size, time, size with per-matrix scales
