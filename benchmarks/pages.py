@@ -77,8 +77,15 @@ def page_ready(browser, url: str, ready_js: str, arg: Any = None, timeout_s: flo
     finally:
         context.close()
     host = urlparse(url).netloc
-    remote = [u for u in requests if urlparse(u).netloc != host and not u.startswith("data:")]
-    return {"ready_ms": ready, "painted_ms": painted, "requests": len(requests), "remote_requests": len(remote)}
+    # data: and blob: URLs are the page's own in-memory objects, not network requests
+    remote = [u for u in requests if urlparse(u).netloc != host and not u.startswith(("data:", "blob:"))]
+    return {
+        "ready_ms": ready,
+        "painted_ms": painted,
+        "requests": len(requests),
+        "remote_requests": len(remote),
+        "remote_urls": remote[:5],
+    }
 
 
 def exported_layers(html: str) -> str:

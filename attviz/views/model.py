@@ -183,5 +183,10 @@ class ModelOverview(View):
                 "*No head summary: choose a document (this view shows the `head_summary` aggregation).*",
                 visible=self.param.data.rx.is_(None),
             )
-            self._layout = pn.Column(placeholder, plot, sizing_mode="stretch_width")
+            controls = pn.Row(
+                pn.widgets.Select.from_param(self.param.statistic, name="Colour by", width=220),
+                pn.widgets.Select.from_param(self.param.cmap, name="Colour map", width=140),
+                visible=self.param.data.rx.is_not(None),
+            )
+            self._layout = pn.Column(placeholder, controls, plot, sizing_mode="stretch_width")
         return self._layout

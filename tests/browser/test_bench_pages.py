@@ -26,5 +26,5 @@ def test_page_ready_waits_for_a_bokeh_page_to_render(tmp_path, chromium):
     with pages.StaticServer(tmp_path) as server:
         result = pages.page_ready(chromium, f"{server.url}/p.html", pages.attviz_ready_js(html), timeout_s=60)
     assert 0 < result["ready_ms"] <= result["painted_ms"] < 60_000
-    assert result["remote_requests"] == 0
+    assert result["remote_requests"] == 0, result["remote_urls"]
     assert result["requests"] >= 1

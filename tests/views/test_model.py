@@ -105,9 +105,24 @@ def test_a_plain_layer_head_array():
 
 def test_placeholder_without_data():
     view = ModelOverview()
-    placeholder, plot = view.__panel__().objects
+    placeholder, controls, plot = view.__panel__().objects
     render(view)
-    assert placeholder.visible and not plot.visible
+    assert placeholder.visible and not plot.visible and not controls.visible
+    view.data = summary()
+    assert not placeholder.visible and plot.visible and controls.visible
+
+
+def test_the_statistic_widget_recolours_the_grid():
+    view = ModelOverview(data=summary())
+    root = render(view)
+    statistic, cmap = view.__panel__().objects[1].objects
+    assert statistic.values == ["entropy", "distance"] and statistic.value == "entropy"
+    statistic.value = "distance"  # as a user picks it
+    assert view.statistic == "distance"
+    np.testing.assert_array_equal(image(root).data_source.data["image"][0], ENTROPY + 100)
+    view.data = summary().sel(statistic=["entropy"])  # another summary: the options follow
+    assert statistic.values == ["entropy"] and statistic.value == "entropy"
+    assert cmap.value == "viridis" and "magma" in cmap.values
 
 
 def test_demo_document():
