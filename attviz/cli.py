@@ -44,11 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     p.add_argument(
         "--compression",
-        default="auto",
-        choices=["auto", "lz4", "zstd", "none", "uint8"],
-        help="chunks: auto (default: lz4 on a GPU, none on the CPU, where the model is the bottleneck), "
-        "lz4 (lossless float16, blosc lz4 + bitshuffle, 1.16x), zstd (lossless, slower), none, or uint8 "
-        "(quantised per row, ~4x smaller, max error row max / 510)",
+        default="lz4",
+        choices=["lz4", "zstd", "none", "uint8"],
+        help="chunks: lz4 (lossless float16, blosc lz4 + bitshuffle, default), zstd (lossless, slower), "
+        "none, or uint8 (quantised per row, ~4x smaller, "
+        "max error row max / 510)",
     )
     keep = p.add_argument_group(
         "storage policy", "what to keep per document (default: every matrix); reductions run on the model's device"

@@ -35,7 +35,7 @@ from attviz.models import (
 )
 from attviz.policy import StoragePolicy
 from attviz.sinks import MemorySink, Sink, StoreSink
-from attviz.store import COMPRESSION, partial_path
+from attviz.store import partial_path
 from attviz.tokenization import Unit, add_targets, make_batches, pad_batch, tokenize
 
 LONG_TEXT_MODES = ("truncate", "window")
@@ -67,7 +67,7 @@ def extract(
     callback: Callable[[int, int], None] | None = None,
     force: bool = False,
     max_new_tokens: int = 32,
-    compression: str = "auto",
+    compression: str = "lz4",
     policy: StoragePolicy | None = None,
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
@@ -92,11 +92,9 @@ def extract(
     callback
         Called as ``callback(done, total)`` after every batch (progress in apps).
     compression
-        How stored matrices are encoded: ``"lz4"`` (lossless float16, blosc lz4 + bitshuffle),
-        ``"zstd"`` (lossless, level 1), ``"none"``, or ``"uint8"`` (per row with a float32 scale, max
-        abs error row max / 510); ``"auto"`` (default) is ``"lz4"`` when the model runs on an
-        accelerator and ``"none"`` on the CPU (see :func:`resolve_compression`). See
-        :class:`attviz.store.StoreWriter`.
+        How stored matrices are encoded: ``"lz4"`` (lossless float16, blosc lz4 + bitshuffle; the
+        default), ``"zstd"`` (lossless, level 1), ``"none"``, or ``"uint8"`` (per row with a float32
+        scale, max abs error row max / 510). See :class:`attviz.store.StoreWriter`.
     policy
         What to keep per document (:class:`attviz.policy.StoragePolicy`): every matrix (default),
         some layers/heads, token-level aggregations and head summaries computed on the device, or
@@ -114,7 +112,6 @@ def extract(
     if long_texts == "window" and loaded.encoder_decoder:
         raise AttvizError("sliding windows are not supported for encoder-decoder models; use truncate")
     max_length = _max_length(loaded, max_length)
-    compression = resolve_compression(compression, loaded.device)
     predictor = _predictor(label_descriptions, loaded)
     policy = policy or StoragePolicy()
     layers, heads = _shape(loaded)
@@ -370,22 +367,6 @@ def _shape(loaded: LoadedModel) -> tuple[int, int]:
     config = loaded.config
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "num_heads", 0) or 1)
     return expected_layers(config, "encoder" if loaded.encoder_decoder else "self") or 1, heads
-
-
-def resolve_compression(compression: str, device: torch.device | str) -> str:
-    """The codec ``"auto"`` stands for on ``device``: ``"lz4"`` on an accelerator, ``"none"`` on the CPU.
-
-    Lossless float16 attention compresses only ~1.16×. On a GPU the CPU is idle and the disk is the
-    bottleneck, so the codec is free and saves 14 % of the bytes; on the CPU the model itself is the
-    bottleneck and the codec's CPU time (~15 % of the extraction on 2 cores) is taken from it.
-    """
-    if compression != "auto":
-        if compression not in COMPRESSION:
-            raise InputError(
-                f"unknown compression {compression!r}", field="compression", expected=", ".join(("auto", *COMPRESSION))
-            )
-        return compression
-    return "none" if torch.device(device).type == "cpu" else "lz4"
 
 
 def estimate_bytes(loaded: LoadedModel, units: Sequence[Unit], policy: StoragePolicy | None = None) -> int:

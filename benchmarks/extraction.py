@@ -1,9 +1,8 @@
 """Extraction throughput: attviz vs a bare batched forward pass vs a naive one-document loop.
 
-Store modes: the default (``compression="auto"``: ``none`` on the CPU, ``lz4`` on an accelerator),
-``lz4`` (lossless float16, blosc lz4 + bitshuffle), ``zstd`` (lossless, level 1), ``none`` (raw
-float16) and ``uint8`` (uint8 per row with a float32 scale); their bytes per document are reported
-against raw float16, and the uint8 store's largest error against the float16 one.
+Store modes: the default (``lz4``: lossless float16, blosc lz4 + bitshuffle), ``zstd`` (lossless,
+level 1), ``none`` (raw float16) and ``uint8`` (uint8 per row with a float32 scale); their bytes per
+document are reported against raw float16, and the uint8 store's largest error against the float16 one.
 
 All modes run in one process on the same texts with the same model, interleaved over several
 rounds; the medians and their ratios are reported (absolute times drift on a shared machine).
@@ -29,10 +28,11 @@ import torch
 
 from attviz.corpus import Corpus
 from attviz.demo import demo_records
-from attviz.extract import extract, resolve_compression
+from attviz.extract import extract
 from attviz.info import directory_bytes
 from attviz.models import load_model
 from attviz.policy import StoragePolicy
+from attviz.store import DEFAULT_COMPRESSION
 from attviz.tokenization import make_batches, tokenize
 
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
         stored[name or compression] = directory_bytes(store)
         raw_bytes = sum(layers * heads * t * t * 2 for t in corpus.table["n_tokens"])
 
-    default = resolve_compression("auto", loaded.device)  # what `attviz extract` uses here
+    default = DEFAULT_COMPRESSION  # what `attviz extract` uses
     memory = lambda: extract(texts, model=loaded, batch_size=args.batch_size, max_length=max_length, progress=False)  # noqa: E731
     # the first "store" mode is the default (benchmarks/run.py reports it against the targets)
     modes = {

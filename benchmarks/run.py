@@ -152,7 +152,7 @@ def run_extraction(quick: bool) -> tuple[dict, list[dict]]:
         raise KeyError(f"no extraction mode named like {words} in {list(modes)}")
 
     store_name, store = find("store", without="no ")
-    if result.get("default_compression"):  # name the codec `compression="auto"` chose on this device
+    if result.get("default_compression"):  # name the default codec
         store_name = store_name.replace("(store)", f"(store, default = {result['default_compression']})")
     _, bare = find("bare")
     _, naive = find("naive")

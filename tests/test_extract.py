@@ -239,22 +239,6 @@ def test_resume_refuses_other_settings(tiny_bert, tmp_path):
     assert len(corpus) == 3
 
 
-def test_auto_compression_is_none_on_the_cpu_and_lz4_on_accelerators(tiny_bert, tmp_path):
-    from attviz.extract import resolve_compression
-
-    assert resolve_compression("auto", "cpu") == "none"
-    assert resolve_compression("auto", torch.device("cuda", 1)) == "lz4"
-    assert resolve_compression("auto", "mps") == "lz4"
-    assert resolve_compression("zstd", "cpu") == "zstd"  # an explicit choice is kept
-    with pytest.raises(InputError, match="unknown compression 'gzip'"):
-        resolve_compression("gzip", "cpu")
-    model, tok = tiny_bert
-    corpus = extract(TEXTS[:2], model=model, tokenizer=tok, store=tmp_path / "s.zarr", progress=False, device="cpu")
-    assert corpus.attrs["matrix_compression"] == "none"  # the store records what "auto" chose
-    with pytest.raises(InputError, match="compression"):  # caught before any work, with or without a store
-        extract(TEXTS[:2], model=model, tokenizer=tok, progress=False, device="cpu", compression="gzip")
-
-
 def test_model_without_attention_weights_is_a_clear_error(bert_tokenizer):
     from transformers import BertConfig, BertModel
 
