@@ -113,8 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         "--quantization",
         choices=("row", "matrix"),
         default="row",
-        help="uint8 scale per row (default: every row keeps 256 levels) or per head's matrix (~2.6x smaller "
-        "pages; the same absolute error bound, 1/510, but weak rows keep few levels)",
+        help="uint8 scale per row (default: every row keeps 256 levels) or per head's matrix (a 512-token "
+        "MiniLM page 6.4 MB instead of 11.9; the same absolute error bound, 1/510, but weak rows keep few levels)",
     )
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

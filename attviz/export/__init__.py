@@ -58,7 +58,7 @@ def export_html(
     compress: deflate the payload (the page inflates it with the browser's ``DecompressionStream``).
     quantization: ``"row"`` (uint8 with a scale per row: every row keeps 256 levels, error ≤ row max / 510)
         or ``"matrix"`` (one scale per head's matrix: error ≤ matrix max / 510, the same bound for
-        attention; ~2.6× smaller pages, but rows far below their matrix's maximum keep few levels).
+        attention; ~2.2× less attention data at 512 tokens, but rows far below their matrix's maximum keep few levels).
     """
     views = tuple(views)
     if unknown := [v for v in views if v not in VIEWS]:

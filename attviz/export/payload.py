@@ -7,8 +7,8 @@ its text base64): the bytes of ``scales`` (float32, little-endian, ``heads × qu
 ``q × scale`` of its row. With the default ``"row"`` quantisation ``scale = row maximum / 255``, so a
 value differs from the stored attention by at most ``scale / 2`` (≤ 1/510 for rows whose maximum is
 ≤ 1); with ``"matrix"`` every row of a head's matrix shares ``scale = matrix maximum / 255`` (the same
-absolute bound, 2.6× smaller pages of real attention, but rows far below the matrix's maximum keep few
-levels). The format is the same either way. :func:`decode_layer` reads it back.
+absolute bound and ~2.2× less deflated attention on real MiniLM documents of 512 tokens, but rows far
+below the matrix's maximum keep few levels). The format is the same either way. :func:`decode_layer` reads it back.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def quantize_rows(values: Any, block: int = 2**20, per: str = "row") -> tuple[np
         return np.zeros(values.shape, np.uint8), np.zeros(values.shape[:-1], np.float32)
     flat = values.reshape(-1, values.shape[-1])
     tops = None
-    if per == "matrix":
-        matrices = flat.reshape(-1, values.shape[-2] if values.ndim > 1 else 1, values.shape[-1])
-        tops = np.repeat([_matrix_max(m) for m in matrices], matrices.shape[1]) / np.float32(LEVELS)
+    if per == "matrix":  # fmax ignores NaN; the initial 0 counts negatives as 0
+        rows = values.shape[-2] if values.ndim > 1 else 1
+        top = np.fmax.reduce(flat.reshape(-1, rows * flat.shape[1]), axis=1, initial=0.0)
+        tops = np.repeat(top.astype(np.float32) / np.float32(LEVELS), rows)
     q = np.empty(flat.shape, np.uint8)
     scale = np.empty(flat.shape[0], np.float32)
     step = max(1, block // max(flat.shape[1], 1))
@@ -60,11 +61,6 @@ def quantize_rows(values: Any, block: int = 2**20, per: str = "row") -> tuple[np
         np.copyto(q[start : start + step], x, casting="unsafe")
         scale[start : start + step] = top
     return q.reshape(values.shape), scale.reshape(values.shape[:-1])
-
-
-def _matrix_max(matrix: np.ndarray) -> np.float32:
-    """The largest value of a matrix, NaN and negatives counting as 0 (as :func:`quantize_rows` does)."""
-    return np.float32(max(float(np.nanmax(matrix, initial=0.0)), 0.0))
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
