@@ -32,7 +32,7 @@ from attviz.extract import extract
 from attviz.info import directory_bytes
 from attviz.models import load_model
 from attviz.policy import StoragePolicy
-from attviz.store import DEFAULT_COMPRESSION
+from attviz.store import COMPRESSION, DEFAULT_COMPRESSION
 from attviz.tokenization import make_batches, tokenize
 
 
@@ -220,13 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
     default = DEFAULT_COMPRESSION  # what `attviz extract` uses
     memory = lambda: extract(texts, model=loaded, batch_size=args.batch_size, max_length=max_length, progress=False)  # noqa: E731
     # the first "store" mode is the default (benchmarks/run.py reports it against the targets)
+    stores = {"attviz extract (store)": default}
+    stores |= {f"attviz extract (store, {codec})": codec for codec in COMPRESSION if codec != default}
     modes = {
-        "attviz extract (store)": lambda: attviz_store(default),
-        **{
-            f"attviz extract (store, {codec})": (lambda codec=codec: attviz_store(codec))
-            for codec in ("lz4", "zstd", "none", "uint8")
-            if codec != default
-        },
+        **{name: (lambda codec=codec: attviz_store(codec)) for name, codec in stores.items()},
         "attviz extract (store, token vectors only)": lambda: attviz_store(default, vectors_policy, "vectors"),
         "attviz extract (memory)": memory,
         "bare batched forward": lambda: bare_forward(loaded, texts, args.batch_size, max_length),
@@ -237,11 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     bare_forward(loaded, texts[:8], args.batch_size, max_length)  # warm-up
     times: dict[str, list[float]] = {name: [] for name in modes}
     cpu: dict[str, list[float]] = {name: [] for name in modes}
-    outputs = {
-        "attviz extract (store)": tmp / f"{default}.zarr",
-        **{f"attviz extract (store, {codec})": tmp / f"{codec}.zarr" for codec in ("lz4", "zstd", "none", "uint8")},
-        "attviz extract (store, token vectors only)": tmp / "vectors.zarr",
-    }
+    outputs = {name: tmp / f"{codec}.zarr" for name, codec in stores.items()}
+    outputs["attviz extract (store, token vectors only)"] = tmp / "vectors.zarr"
     for _ in range(rounds):
         for name, run in modes.items():
             # not timed: removing the previous run's store, and the page-cache writeback of earlier modes

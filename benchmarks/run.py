@@ -151,9 +151,9 @@ def run_extraction(quick: bool) -> tuple[dict, list[dict]]:
                 return name, value
         raise KeyError(f"no extraction mode named like {words} in {list(modes)}")
 
-    store_name, store = find("store", without="no ")
-    if result.get("default_compression"):  # name the default codec
-        store_name = store_name.replace("(store)", f"(store, default = {result['default_compression']})")
+    store_mode, store = find("store", without="no ")
+    codec = result.get("default_compression")
+    store_name = store_mode.replace("(store)", f"(store, default = {codec})") if codec else store_mode
     _, bare = find("bare")
     _, naive = find("naive")
     tag = f"{result['documents']} docs, {result['tokens']:,} tokens"
@@ -190,7 +190,7 @@ def run_extraction(quick: bool) -> tuple[dict, list[dict]]:
                     value["vs_bare_forward"] >= 0.5,
                 )
             )
-        elif name != "attviz extract (store)" and "bare" not in name and "naive" not in name:
+        elif name != store_mode and "bare" not in name and "naive" not in name:
             rows.append(
                 row(
                     "extraction",
