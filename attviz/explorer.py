@@ -726,11 +726,12 @@ class Explorer(pn.viewable.Viewer):
         """The current document as a netCDF file (bytes)."""
         return _netcdf_bytes(self._document_corpus())
 
-    def export_page(self) -> str:
-        """The current document as a self-contained interactive HTML page (see :func:`attviz.export.export_html`)."""
+    def export_page(self, quantization: str = "row") -> str:
+        """The current document as a self-contained interactive HTML page (see :func:`attviz.export.export_html`;
+        ``quantization``: one uint8 scale per ``"row"`` or per head's ``"matrix"``)."""
         from attviz.export import export_html
 
-        return export_html(self._document_corpus(), title=f"attviz: {self.doc_id}")
+        return export_html(self._document_corpus(), title=f"attviz: {self.doc_id}", quantization=quantization)
 
     def _document_corpus(self) -> Corpus:
         """The current document alone, as a corpus with its corpus's attrs (for exports)."""

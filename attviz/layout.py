@@ -241,8 +241,17 @@ class ExplorerLayout:
         def corpus_file() -> io.BytesIO:
             return io.BytesIO(e.export_corpus())
 
+        scale = pn.widgets.RadioButtonGroup(
+            name="Page quantisation",
+            options={"scale per row": "row", "per matrix (smaller)": "matrix"},
+            value="row",
+            button_type="light",
+            description="uint8 with a scale per row (every row keeps 256 levels) or one per head's matrix "
+            "(about half the page at 512 tokens; the same error bound, 1/510, but weak rows keep few levels)",
+        )
+
         def page_file() -> io.StringIO:
-            return io.StringIO(e.export_page())
+            return io.StringIO(e.export_page(quantization=scale.value))
 
         doc = pn.widgets.FileDownload(
             callback=document_file, filename="document.nc", label="Document (.nc)", color="light"
@@ -262,7 +271,7 @@ class ExplorerLayout:
             "<small>The page works offline, without a server (layer, head, mean/max, token selection). "
             "Plots: the toolbar's save tool writes PNG (SVG where a view offers it).</small>"
         )
-        return pn.Card(page, doc, corpus, hint, title="Export", collapsed=True, sizing_mode="stretch_width")
+        return pn.Card(page, scale, doc, corpus, hint, title="Export", collapsed=True, sizing_mode="stretch_width")
 
     def panel(self) -> pn.Row:
         """The plain layout: controls on the left, views on the right (works inline in Jupyter)."""

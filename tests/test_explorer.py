@@ -305,6 +305,19 @@ def test_the_current_document_exports_as_an_offline_page(explorer):
     assert "<script src=" not in page
 
 
+def test_the_export_card_passes_the_chosen_quantisation_to_the_page(explorer):
+    from attviz.layout import ExplorerLayout
+    from tests.test_export import parse_page
+
+    card = ExplorerLayout(explorer)._export_card()
+    page_button, scale = card.objects[:2]
+    assert scale.value == "row" and scale.values == ["row", "matrix"]
+    assert parse_page(page_button.callback().getvalue())[0]["quantization"] == "row"
+    scale.value = "matrix"  # as a user clicks it
+    manifest, _ = parse_page(page_button.callback().getvalue())
+    assert manifest["quantization"] == "matrix" and manifest["docs"][0]["id"] == explorer.doc_id
+
+
 def test_a_store_of_token_vectors_is_explored_without_matrices(tiny_bert, tmp_path):
     from attviz.extract import extract
     from attviz.models import prepare_model
