@@ -1,22 +1,25 @@
-"""The explorer's Panel layout: controls built from the :class:`~attviz.explorer.Explorer`'s
-parameters, and a main area with every installed view plugin.
+"""The explorer's Panel layout: the only :class:`~panel.viewable.Viewer` of the app.
 
-:class:`ExplorerLayout` builds the parts once (``controls``, ``main``) so that the plain layout
-(:meth:`ExplorerLayout.panel`, inline in Jupyter) and the served template (:mod:`attviz.app`) share
-them. Only the views on the visible tab are kept up to date.
+:class:`ExplorerLayout` builds the controls from the :class:`~attviz.explorer.Explorer`'s parameters
+and one instance of every installed view plugin, each *bound* to the explorer's parameters by param
+references (its ``data`` to the output that fits its ``requires``, its :data:`~attviz.views.INPUTS`
+to the matching outputs) and linked both ways on :data:`~attviz.views.LINKED`. It tells the
+explorer which outputs the visible views need (:attr:`Explorer.needed`), so hidden tabs cost
+nothing. The plain layout renders inline in Jupyter; :mod:`attviz.app` puts its parts in a template.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
-import io
 from typing import Any
 
 import panel as pn
+import param
 
 from attviz import registry
 from attviz.explorer import Explorer
+from attviz.layout_cards import export_card, live_card, upload_card
+from attviz.views.base import INPUTS, LINKED, REQUIREMENTS
 
 #: Where built-in views go: tab title -> entry-point names, in order. Other views get a tab each.
 TABS = {
@@ -29,138 +32,170 @@ TABS = {
 }
 #: Views shown above the tabs, always up to date.
 HEADER_VIEWS = ("predictions",)
-UPLOAD_TYPES = ".zip,.nc,.nc4,.h5,.json,.npz,.safetensors"
+#: The explorer output that feeds each view requirement (keys: :data:`~attviz.views.REQUIREMENTS`).
+FEEDS = {
+    "matrix": "matrix",
+    "head_matrices": "layer_matrices",
+    "token_vectors": "head_vectors",
+    "token_vector": "token_vector",
+    "head_summary": "head_summary",
+    "corpus": "table",
+    "document": "document",
+}
+#: The explorer parameter behind each extra view input (keys: :data:`~attviz.views.INPUTS`).
+INPUT_FEEDS = {"aggregate": "token_vector", "other": "other_matrix"}
+#: Outputs derived whatever is visible: they decide what the controls offer.
+ALWAYS = {"document", "attention"}
+
+assert set(FEEDS) == set(REQUIREMENTS), "every view requirement needs an explorer output"
 
 
-def build_views(explorer: Explorer) -> tuple[dict[str, Any], list[str]]:
-    """One instance of every working view plugin, connected to ``explorer``; and the problems."""
-    views, problems = {}, []
-    # Cheap views first: the explorer updates them in this order, so the text recolours before plots redraw.
-    order = [*HEADER_VIEWS, *(n for names in TABS.values() for n in names)]
-    found = registry.plugins("views")
-    names = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
-    for name, cls in ((n, found[n]) for n in names):
-        try:
-            views[name] = explorer.connect(cls())
-        except Exception as exc:  # a broken view plugin must not break the app
-            problems.append(f"view {name!r} could not be created: {type(exc).__name__}: {exc}")
-    problems += [f"{p.group} plugin {p.name!r}: {p.error}" for p in registry.problems()]
-    return views, problems
+def _first_fit(cls: type, *values: Any) -> Any:
+    return next((v for v in values if v is not None and cls.can_show(v)), None)
 
 
-class ExplorerLayout:
-    """The widgets and views of one explorer display."""
+def bind_view(explorer: Explorer, view: Any) -> set[str]:
+    """Bind ``view``'s inputs to ``explorer``'s outputs (param references) and link its LINKED
+    parameters both ways; returns the explorer outputs the view reads."""
+    cls = type(view)
+    outputs = [FEEDS[r] for r in cls.requires]
+    refs: dict[str, Any] = {"data": param.bind(_first_fit, cls, *(explorer.param[o] for o in outputs))}
+    for name in INPUTS:
+        if name in view.param:
+            source = INPUT_FEEDS.get(name, name)
+            refs[name] = explorer.param[source]
+            outputs.append(source)
+    for name in refs:
+        view.param[name].allow_refs = True
+    view.param.update(refs)
+    for name in LINKED:
+        if name in view.param:
+            _link(explorer, view, name)
+    return set(outputs)
 
-    def __init__(self, explorer: Explorer):
+
+def _link(explorer: Explorer, view: Any, name: str) -> None:
+    """Keep ``view.<name>`` and ``explorer.<name>`` equal, whichever of them changes."""
+
+    def to_explorer(event: param.parameterized.Event) -> None:
+        if getattr(explorer, name) != event.new:
+            try:
+                setattr(explorer, name, event.new)
+            except ValueError as exc:  # e.g. a click outside the bounds: tell, don't crash
+                explorer.message = str(exc)
+
+    def to_view(event: param.parameterized.Event) -> None:
+        if getattr(view, name) != event.new:
+            setattr(view, name, event.new)
+
+    setattr(view, name, getattr(explorer, name))
+    view.param.watch(to_explorer, [name])
+    explorer.param.watch(to_view, [name])
+
+
+class ExplorerLayout(pn.viewable.Viewer):
+    """The controls and views of one explorer display.
+
+    >>> layout = ExplorerLayout(explorer)   # renders inline in Jupyter; .controls / .main for templates
+    """
+
+    def __init__(self, explorer: Explorer, **params: Any):
+        super().__init__(**params)
         self.explorer = explorer
-        self.views, self.problems = build_views(explorer)
+        self.views, self.reads, self.problems = self._build_views()
         self.tabs = self._tabs()
         self.controls = self._controls()
         self.main = self._main()
         self.tabs.param.watch(self._on_tab, ["active"])
         self._on_tab()
 
+    def _build_views(self) -> tuple[dict[str, Any], dict[str, set[str]], list[str]]:
+        """One instance of every working view plugin, bound to the explorer; and the problems."""
+        views, reads, problems = {}, {}, []
+        found = registry.plugins("views")
+        for name, cls in found.items():
+            try:
+                view = cls()
+                reads[name] = bind_view(self.explorer, view)
+                views[name] = view
+            except Exception as exc:  # a broken view plugin must not break the app
+                problems.append(f"view {name!r} could not be created: {type(exc).__name__}: {exc}")
+        problems += [f"{p.group} plugin {p.name!r}: {p.error}" for p in registry.problems()]
+        return views, reads, problems
+
     # -- main area ------------------------------------------------------------------------------
     def _tabs(self) -> pn.Tabs:
-        self.tab_views: list[list[Any]] = []
+        self.tab_views: list[list[str]] = []
         panes = []
         placed = set(HEADER_VIEWS)
         for title, names in TABS.items():
-            present = [self.views[n] for n in names if n in self.views]
+            present = [n for n in names if n in self.views]
             placed.update(names)
             if present:
-                panes.append((title, pn.Column(*present, sizing_mode="stretch_width")))
+                panes.append((title, pn.Column(*(self.views[n] for n in present), sizing_mode="stretch_width")))
                 self.tab_views.append(present)
         for name, view in self.views.items():
             if name not in placed:
                 panes.append((name.replace("_", " "), pn.Column(view, sizing_mode="stretch_width")))
-                self.tab_views.append([view])
+                self.tab_views.append([name])
         return pn.Tabs(*panes, dynamic=True, sizing_mode="stretch_width")
 
     def _on_tab(self, *_: Any) -> None:
-        active = self.tab_views[self.tabs.active] if self.tab_views else []
-        header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
-        self.explorer.set_active([*header, *active])
+        visible = [*HEADER_VIEWS, *(self.tab_views[self.tabs.active] if self.tab_views else [])]
+        needed = set(ALWAYS).union(*(self.reads.get(n, set()) for n in visible))
+        self.explorer.needed = needed
 
     def _main(self) -> pn.Column:
-        message = self._alert("message", "danger")  # a problem
-        notice = self._alert("notice", "info")  # what the user should know about what is shown
-        header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
+        e = self.explorer
+        message = _alert(e, "message", "danger")  # a problem
+        notice = _alert(e, "notice", "info")  # what the user should know about what is shown
         notes = pn.pane.Alert(
             "<br>".join(html.escape(p) for p in self.problems), alert_type="warning", visible=bool(self.problems)
         )
-        prediction = pn.Card(*header, title="Prediction", collapsed=False, sizing_mode="stretch_width")
+        header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
+        prediction = pn.Card(
+            *header, title="Prediction", collapsed=False, collapsible=True, sizing_mode="stretch_width", margin=(0, 5)
+        )
+        prediction.visible = pn.bind(_has_prediction, e.param.document)
         return pn.Column(message, notice, notes, prediction, self.tabs, sizing_mode="stretch_width")
-
-    def _alert(self, name: str, alert_type: str) -> pn.pane.Alert:
-        """An alert showing the explorer's text parameter ``name`` (escaped), hidden while it is empty."""
-        alert = pn.pane.Alert(alert_type=alert_type, visible=False, sizing_mode="stretch_width")
-
-        def show(*_: Any) -> None:
-            text = getattr(self.explorer, name)
-            alert.object, alert.visible = html.escape(text), bool(text)
-
-        self.explorer.param.watch(show, [name])
-        show()
-        return alert
 
     # -- controls -------------------------------------------------------------------------------
     def _controls(self) -> pn.Column:
         e = self.explorer
         p = e.param
-        source = pn.widgets.Select.from_param(p.source, label="Corpus", sizing_mode="stretch_width")
-        source.visible = len(e.corpora) > 1
-        e.param.watch(lambda *_: setattr(source, "visible", len(e.corpora) > 1), ["corpora"])
-        doc = pn.widgets.Select.from_param(p.doc_id, label="Document", sizing_mode="stretch_width")
+        wide = {"sizing_mode": "stretch_width"}
+        source = pn.widgets.Select.from_param(p.source, label="Corpus", **wide)
+        source.visible = pn.bind(lambda corpora: len(corpora) > 1, p.corpora)
+        doc = pn.widgets.Select.from_param(p.doc_id, label="Document", **wide)
         back = pn.widgets.Button(label="◀", width=40, description="Previous document")
         forward = pn.widgets.Button(label="▶", width=40, description="Next document")
         back.on_click(lambda *_: e.step(-1))
         forward.on_click(lambda *_: e.step(1))
-        kind = pn.widgets.RadioButtonGroup.from_param(p.kind, label="Attention", color="light")
-        kind.visible = len(p.kind.objects) > 1
-        e.param.watch(lambda *_: setattr(kind, "visible", len(e.param.kind.objects) > 1), ["doc_id", "source"])
-        layer = pn.widgets.IntSlider.from_param(p.layer, label="Layer", sizing_mode="stretch_width")
-        head = pn.widgets.IntSlider.from_param(p.head, label="Head", sizing_mode="stretch_width")
-        kept = pn.pane.HTML(sizing_mode="stretch_width", visible=False)
-
-        def show_kept(*_: Any) -> None:
-            kept.object = _kept_text(e)
-            kept.visible = bool(kept.object)
-
-        e.param.watch(show_kept, ["attention", "layer", "head", "head_reduction"])
-        show_kept()
-        reduction = pn.widgets.Select.from_param(p.head_reduction, label="Combine heads", sizing_mode="stretch_width")
-        vector = pn.widgets.Select.from_param(p.vector, label="Token colour", sizing_mode="stretch_width")
-        transform = pn.widgets.Select.from_param(p.transform, label="Transform", sizing_mode="stretch_width")
+        kind = pn.widgets.RadioButtonGroup.from_param(
+            p.kind, label="Attention", color="primary", variant="outline"
+        )
+        kind.visible = pn.bind(lambda *_: len(e.param.kind.objects) > 1, p.document, p.kind)
+        layer = pn.widgets.IntSlider.from_param(p.layer, label="Layer", visible=p.has_layers, **wide)
+        head = pn.widgets.IntSlider.from_param(p.head, label="Head", visible=p.has_heads, **wide)
+        kept = pn.pane.HTML(pn.bind(lambda *_: _kept_text(e), p.attention, p.layer, p.head, p.head_reduction), **wide)
+        reduction = pn.widgets.Select.from_param(p.head_reduction, label="Combine heads", visible=p.has_heads, **wide)
+        vector = pn.widgets.Select.from_param(p.vector, label="Token colour", **wide)
+        transform = pn.widgets.Select.from_param(p.transform, label="Transform", **wide)
         follow = pn.widgets.Checkbox.from_param(p.follow_selection, label="Attention from follows the selected token")
-        settings = pn.Column(sizing_mode="stretch_width")
-
-        def show_settings(*_: Any) -> None:
-            agg = e.vector_aggregation
-            names = [n for n in agg.param if n != "name" and agg.param[n].precedence != -1] if agg else []
-            settings[:] = [pn.Param(agg.param, parameters=names, show_name=False)] if names else []
-
-        e.param.watch(show_settings, ["vector_aggregation"])
-        show_settings()
-        selected = pn.pane.HTML(sizing_mode="stretch_width")
+        settings = pn.bind(_settings, p.vector_aggregation)
+        selected = pn.pane.HTML(pn.bind(lambda *_: _selected_text(e), p.selected_token, p.attention), **wide)
         clear = pn.widgets.Button(label="Clear selection", color="light", width=120)
         clear.on_click(lambda *_: setattr(e, "selected_token", None))
-
-        def show_selected(*_: Any) -> None:
-            selected.object = _selected_text(e)
-
-        e.param.watch(show_selected, ["selected_token", "head_vectors"])
-        show_selected()
         compare = pn.Card(
-            pn.widgets.Select.from_param(p.compare_source, label="Corpus", sizing_mode="stretch_width"),
-            pn.widgets.Select.from_param(p.compare_doc_id, label="Document", sizing_mode="stretch_width"),
+            pn.widgets.Select.from_param(p.compare_source, label="Corpus", **wide),
+            pn.widgets.Select.from_param(p.compare_doc_id, label="Document", **wide),
             title="Compare with",
             collapsed=True,
-            sizing_mode="stretch_width",
+            **wide,
         )
         return pn.Column(
             source,
-            pn.Row(doc, back, forward, sizing_mode="stretch_width"),
+            pn.Row(doc, back, forward, **wide),
             kind,
             layer,
             head,
@@ -170,116 +205,41 @@ class ExplorerLayout:
             settings,
             follow,
             transform,
-            pn.Row(selected, clear, sizing_mode="stretch_width"),
-            self._live_card(),
-            self._upload_card(),
+            pn.Row(selected, clear, **wide),
+            live_card(e),
+            upload_card(e),
             compare,
-            self._export_card(),
-            sizing_mode="stretch_width",
+            export_card(e),
+            **wide,
         )
-
-    def _live_card(self) -> pn.Card:
-        e = self.explorer
-        text = pn.widgets.TextAreaInput(
-            label="Text", placeholder="Type or paste a text…", height=110, sizing_mode="stretch_width"
-        )
-        run = pn.widgets.Button(label="Run model", color="primary")
-        spinner = pn.indicators.LoadingSpinner(value=False, size=24, visible=False)
-        status = pn.pane.HTML(sizing_mode="stretch_width")
-        available = e.live_model is not None
-        run.disabled = not available
-        if not available:
-            status.object = "No model loaded for live input (start with <code>attviz serve --model …</code>)."
-
-        async def on_run(*_: Any) -> None:
-            if not text.value.strip():
-                status.object = "Type a text first."
-                return
-            run.disabled, spinner.value, spinner.visible = True, True, True
-            status.object = f"Running {html.escape(e.live_model.name)}…"
-            try:
-                corpus = await asyncio.to_thread(e.extract_live, text.value)
-                doc_id = e.add_live(corpus)
-                status.object = f"Added <b>{html.escape(doc_id)}</b> to the corpus 'live'."
-            except Exception as exc:  # show it, keep the session
-                status.object = f"<span style='color:#b00'>Failed: {html.escape(str(exc))}</span>"
-            finally:
-                run.disabled, spinner.value, spinner.visible = False, False, False
-
-        run.on_click(on_run)
-        return pn.Card(
-            text, pn.Row(run, spinner), status, title="Live input", collapsed=False, sizing_mode="stretch_width"
-        )
-
-    def _upload_card(self) -> pn.Card:
-        e = self.explorer
-        upload = pn.widgets.FileInput(accept=UPLOAD_TYPES, multiple=False, sizing_mode="stretch_width")
-        status = pn.pane.HTML(sizing_mode="stretch_width")
-
-        def on_upload(*_: Any) -> None:
-            if upload.value is None:
-                return
-            try:
-                name = e.add_file(upload.filename or "upload", upload.value)
-                status.object = f"Opened <b>{html.escape(name)}</b>."
-            except Exception as exc:  # a bad file must not end the session
-                status.object = f"<span class='attviz-error' style='color:#b00'>{html.escape(str(exc))}</span>"
-
-        upload.param.watch(on_upload, ["value"])
-        hint = pn.pane.HTML(
-            "<small>An attviz store (zipped <code>.zarr</code> folder), a netCDF file (<code>.nc</code>), "
-            "original AttViz JSON, or tensors (<code>.npz</code>/<code>.safetensors</code>).</small>"
-        )
-        return pn.Card(upload, hint, status, title="Open a file", collapsed=True, sizing_mode="stretch_width")
-
-    def _export_card(self) -> pn.Card:
-        e = self.explorer
-
-        def document_file() -> io.BytesIO:
-            return io.BytesIO(e.export_document())
-
-        def corpus_file() -> io.BytesIO:
-            return io.BytesIO(e.export_corpus())
-
-        scale = pn.widgets.RadioButtonGroup(
-            name="Page quantisation",
-            options={"scale per row": "row", "per matrix (smaller)": "matrix"},
-            value="row",
-            button_type="light",
-            description="uint8 with a scale per row (every row keeps 256 levels) or one per head's matrix "
-            "(about half the page at 512 tokens; the same error bound, 1/510, but weak rows keep few levels)",
-        )
-
-        def page_file() -> io.StringIO:
-            return io.StringIO(e.export_page(quantization=scale.value))
-
-        doc = pn.widgets.FileDownload(
-            callback=document_file, filename="document.nc", label="Document (.nc)", color="light"
-        )
-        page = pn.widgets.FileDownload(
-            callback=page_file, filename="document.html", label="Interactive page (.html)", color="light"
-        )
-        corpus = pn.widgets.FileDownload(
-            callback=corpus_file, filename="corpus.nc", label="Corpus (.nc)", color="light"
-        )
-        e.param.watch(lambda *_: setattr(doc, "filename", f"{_safe(e.doc_id)}.nc"), ["doc_id"])
-        e.param.watch(lambda *_: setattr(page, "filename", f"{_safe(e.doc_id)}.html"), ["doc_id"])
-        e.param.watch(lambda *_: setattr(corpus, "filename", f"{_safe(e.source)}.nc"), ["source"])
-        doc.filename, corpus.filename = f"{_safe(e.doc_id)}.nc", f"{_safe(e.source)}.nc"
-        page.filename = f"{_safe(e.doc_id)}.html"
-        hint = pn.pane.HTML(
-            "<small>The page works offline, without a server (layer, head, mean/max, token selection). "
-            "Plots: the toolbar's save tool writes PNG (SVG where a view offers it).</small>"
-        )
-        return pn.Card(page, scale, doc, corpus, hint, title="Export", collapsed=True, sizing_mode="stretch_width")
 
     def panel(self) -> pn.Row:
         """The plain layout: controls on the left, views on the right (works inline in Jupyter)."""
-        return pn.Row(
-            pn.Column(self.controls, width=320),
-            self.main,
-            sizing_mode="stretch_width",
-        )
+        return pn.Row(pn.Column(self.controls, width=320), self.main, sizing_mode="stretch_width")
+
+    def __panel__(self) -> pn.Row:
+        return self.panel()
+
+
+def _alert(explorer: Explorer, name: str, alert_type: str) -> pn.pane.Alert:
+    """An alert showing the explorer's text parameter ``name`` (escaped), hidden while it is empty."""
+    text = explorer.param[name]
+    return pn.pane.Alert(
+        pn.bind(html.escape, text),
+        alert_type=alert_type,
+        visible=pn.bind(bool, text),
+        sizing_mode="stretch_width",
+    )
+
+
+def _has_prediction(doc: Any) -> bool:
+    return doc is not None and bool(doc.probabilities or doc.prediction is not None or doc.label is not None)
+
+
+def _settings(agg: Any) -> Any:
+    """Widgets for the token-colour aggregation's own parameters (none when it has none)."""
+    names = [n for n in agg.param if n != "name" and agg.param[n].precedence != -1] if agg is not None else []
+    return pn.Param(agg.param, parameters=names, show_name=False) if names else pn.Spacer(height=0)
 
 
 def _kept_text(e: Explorer) -> str:
@@ -303,6 +263,10 @@ def _kept_text(e: Explorer) -> str:
 def _selected_text(e: Explorer) -> str:
     if e.selected_token is None:
         return "<small>No token selected: click one.</small>"
+    attention = e.attention
+    if attention is not None and "query_text" in attention.coords and e.selected_token < attention.sizes["query"]:
+        token = str(attention.coords["query_text"].values[e.selected_token])
+        return f"Selected: <b>{html.escape(token)}</b> (position {e.selected_token})"
     vectors = e.head_vectors
     if vectors is not None and "token_text" in vectors.coords and e.selected_token < vectors.sizes["token"]:
         token = str(vectors.coords["token_text"].values[e.selected_token])
@@ -310,14 +274,9 @@ def _selected_text(e: Explorer) -> str:
     return f"Selected: position {e.selected_token}"
 
 
-def _safe(name: Any) -> str:
-    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name or "attviz"))
-    return text.strip("._") or "attviz"
-
-
 def explorer_layout(explorer: Explorer) -> pn.Row:
     """The plain explorer layout (see :class:`ExplorerLayout`)."""
     return ExplorerLayout(explorer).panel()
 
 
-__all__ = ["ExplorerLayout", "build_views", "explorer_layout"]
+__all__ = ["FEEDS", "TABS", "ExplorerLayout", "bind_view", "explorer_layout"]

@@ -95,18 +95,24 @@ def test_a_head_change_updates_each_dependent_exactly_once_and_nothing_else(expl
     assert explorer.computed("matrix") == before["matrix"] + 1
 
 
-def test_a_head_change_under_a_head_reduction_changes_no_output(explorer):
+def test_picking_a_head_under_a_head_combination_shows_that_head(explorer):
+    # Issue #11 (6): a click in the model grid set layer and head, and under "mean" nothing changed.
     explorer.head_reduction = "mean"
     seen = events_on(explorer, OUTPUTS)
-    explorer.head = 1
-    assert seen == []
+    explorer.param.update(layer=1, head=1)  # what a click on a model-grid cell does
+    assert explorer.head_reduction == "head"
+    np.testing.assert_allclose(explorer.matrix.values, A[1, 1])
+    np.testing.assert_allclose(explorer.token_vector.values, A[1, 1].mean(axis=0), rtol=1e-6)
+    assert {"matrix", "token_vector"} <= set(seen)
 
 
 def test_a_layer_change_recomputes_layer_outputs_but_not_the_document(explorer):
     seen = events_on(explorer, OUTPUTS)
     explorer.layer = 1
     assert sorted(seen) == ["head_vectors", "layer_matrices", "matrix", "token_vector"]
-    assert explorer.computed("attention") == 1 and explorer.computed("head_summary") == 1
+    # no transform: the stored array is read one layer at a time, never upcast whole
+    assert explorer.computed("attention") == 0 and explorer.computed("layer_matrices") == 2
+    assert explorer.computed("head_summary") == 1
 
 
 def test_changing_the_token_vector_recomputes_only_what_depends_on_it(explorer):
@@ -126,8 +132,14 @@ def test_attention_from_follows_the_selected_token(explorer):
     explorer.selected_token = 1
     assert sorted(seen) == ["head_vectors", "token_vector"]
     np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 1])
+    assert explorer.vector_aggregation.query == 1  # its 'query' widget shows the followed token (#11, 6)
+    explorer.vector_aggregation.query = 2  # moving the query slider moves the selection
+    assert explorer.selected_token == 2
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 2])
     explorer.follow_selection = False
-    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 0])  # its own query (0)
+    explorer.selected_token = 0  # no longer followed: the query stays where it was
+    assert explorer.vector_aggregation.query == 2
+    np.testing.assert_allclose(explorer.token_vector.values, A[0, 0, 2])
 
 
 def test_a_selection_without_a_following_vector_changes_no_output(explorer):
@@ -174,10 +186,10 @@ def test_legacy_vectors_are_shown_with_the_attviz_aggregates():
     assert explorer.kind == "vectors" and explorer.matrix is None
     assert explorer.head_vectors.dims == ("vector", "token")
     np.testing.assert_allclose(explorer.token_vector.values, [0.2, 0.2])
-    explorer.head_reduction = "range"
+    explorer.head_reduction = "attviz_max_min"
     np.testing.assert_allclose(explorer.token_vector.values, [0.2, 0.5])
-    explorer.head_reduction = "median"
-    assert "not available" in explorer.message
+    assert "median" not in explorer.param.head_reduction.objects.values()  # not offered for vectors
+    assert not explorer.has_layers and explorer.has_heads  # no layer slider for legacy data
 
 
 class Linked(View):
@@ -190,26 +202,30 @@ class Linked(View):
         return None
 
 
-def test_views_get_their_input_and_stay_linked_both_ways(explorer):
+def test_views_are_bound_to_the_outputs_and_linked_both_ways(explorer):
+    from attviz.layout import bind_view
+
     first, second = Linked(), Linked()
-    explorer.connect(first)
-    explorer.connect(second)
+    assert bind_view(explorer, first) == {"matrix", "token_vector"}
+    bind_view(explorer, second)
     assert first.data is explorer.matrix and first.aggregate is explorer.token_vector
     first.selected_token = 2
     assert explorer.selected_token == 2 and second.selected_token == 2
     second.layer = 1
     assert explorer.layer == 1 and first.layer == 1
-    np.testing.assert_allclose(first.data.values, A[1, 0])
-
-
-def test_only_active_views_are_updated_and_catch_up_when_shown(explorer):
-    shown, hidden = explorer.connect(Linked()), explorer.connect(Linked())
-    explorer.set_active([shown])
-    updates = events_on(hidden, ["data"])
+    np.testing.assert_allclose(first.data.values, A[1, 0])  # the reference followed the new output
     explorer.head = 1
-    assert updates == [] and shown.data is explorer.matrix
-    explorer.set_active([shown, hidden])
-    assert updates == ["data"] and hidden.data is explorer.matrix
+    np.testing.assert_allclose(second.data.values, A[1, 1])
+
+
+def test_only_the_outputs_visible_views_need_are_derived(explorer):
+    explorer.needed = {"document", "attention", "matrix"}
+    summaries = explorer.computed("head_summary")
+    explorer.doc_id = "d1"
+    np.testing.assert_allclose(explorer.matrix.values, A[0, 0, :, ::-1])
+    assert explorer.computed("head_summary") == summaries  # the Model tab is hidden: not computed
+    explorer.needed = None  # shown again: derived now
+    assert explorer.computed("head_summary") == summaries + 1 and explorer.head_summary is not None
 
 
 def test_sessions_do_not_share_state():
@@ -306,10 +322,10 @@ def test_the_current_document_exports_as_an_offline_page(explorer):
 
 
 def test_the_export_card_passes_the_chosen_quantisation_to_the_page(explorer):
-    from attviz.layout import ExplorerLayout
+    from attviz.layout_cards import export_card
     from tests.test_export import parse_page
 
-    card = ExplorerLayout(explorer)._export_card()
+    card = export_card(explorer)
     page_button, scale = card.objects[:2]
     assert scale.value == "row" and scale.values == ["row", "matrix"]
     assert parse_page(page_button.callback().getvalue())[0]["quantization"] == "row"

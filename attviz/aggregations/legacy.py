@@ -37,6 +37,8 @@ class AttVizAggregate(Aggregation):
     reference = ATTVIZ
     input_dims: ClassVar[tuple[str, ...]] = ("vector", "token")
     statistic: ClassVar[str] = ""
+    #: The dims the explorer offers this statistic over (``mean`` etc. already combine heads).
+    offered_over: ClassVar[tuple[str, ...]] = ("vector",)
 
     over = param.Selector(
         default="vector", objects=["vector", "head", "layer"], doc="The dim whose values are aggregated."
@@ -116,6 +118,7 @@ class AttVizEntropy(AttVizAggregate):
 
     description = "AttViz's binned 'entropy' of the values over vectors (AttViz variant)"
     statistic = "binned entropy"
+    offered_over = ("vector", "head")  # head disagreement: no built-in reduction over heads says it
     units = "nat"
 
     @property
