@@ -1,7 +1,9 @@
-"""Tokenising texts into units (a document, or one window of a long text) and batching them."""
+"""Tokenising texts into units (a document, or one window of a long text) and batching them; readable token labels."""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,3 +161,93 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.dev
         ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         mask[i, : len(seq)] = 1
     return ids.to(device), mask.to(device)
+
+
+# -- readable token labels ---------------------------------------------------------------------------
+#: Visible stand-ins for white space and line breaks in token labels.
+SPACE_MARK, NEWLINE_MARK, TAB_MARK = "·", "↵", "⇥"
+_SENTENCEPIECE_SPACE = "▁"
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte-fallback pieces (Llama: <0x0A>)
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the character that stands for each byte → the byte.
+
+    Printable Latin-1 bytes stand for themselves; the 68 others (controls, space, NBSP, soft hyphen)
+    are shifted to U+0100..U+0143 (space → ``Ġ``, newline → ``Ċ``, tab → ``ĉ``).
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(shifted)}
+
+
+_BYTE_OF = _byte_alphabet()
+
+
+def is_byte_level(texts: Sequence[str]) -> bool:
+    """Whether token strings come from a byte-level BPE tokenizer (GPT-2, RoBERTa, Llama 3, ...).
+
+    True when some token holds the space or newline marker (``Ġ``, ``Ċ``) and every character of
+    every token is in the byte-level alphabet (so a Polish or Maltese WordPiece vocabulary, whose
+    tokens hold other letters, is not decoded by mistake).
+    """
+    texts = [str(t) for t in texts]
+    return any("Ġ" in t or "Ċ" in t for t in texts) and all(c in _BYTE_OF for t in texts for c in t)
+
+
+def token_string(text: str, byte_level: bool | None = None) -> str:
+    """The characters a token stands for: byte-level tokens decoded (``Ġthe`` → ``" the"``, ``Ċ`` →
+    ``"\\n"``, ``Ã©`` → ``é``), SentencePiece's ``▁`` as a space and its ``<0x0A>`` byte pieces as
+    the character. WordPiece ``##`` prefixes and special tokens stay as they are.
+
+    ``byte_level``: whether the tokenizer is byte-level (None: guessed from this token alone; pass
+    :func:`is_byte_level` of the whole token list when you have it). A piece holding part of a
+    multi-byte character keeps its bytes as ``\\xNN``.
+    """
+    text = str(text)
+    if byte_level is None:
+        byte_level = is_byte_level([text])
+    if byte_level and all(c in _BYTE_OF for c in text):
+        return bytes(_BYTE_OF[c] for c in text).decode("utf-8", errors="backslashreplace")
+    match = _BYTE_FALLBACK.fullmatch(text)
+    if match and int(match[1], 16) < 0x80:
+        return chr(int(match[1], 16))
+    return text.replace(_SENTENCEPIECE_SPACE, " ")
+
+
+def _visible(char: str, edge: bool = True) -> str:
+    if char == "\n":
+        return NEWLINE_MARK
+    if char == "\t":
+        return TAB_MARK
+    if char.isspace():
+        return SPACE_MARK if edge or char != " " else char
+    if unicodedata.category(char) in ("Cc", "Cf", "Co", "Cs"):  # controls, bidi overrides, zero widths
+        return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    return char
+
+
+def display_token(text: str, byte_level: bool | None = None) -> str:
+    """A readable one-line label of a token: :func:`token_string` with white space made visible.
+
+    ``Ġthe`` and ``▁the`` → ``·the`` (a space before the word: leading and trailing spaces are
+    marked, a space inside a token stays one), ``Ċ`` → ``↵``, a tab → ``⇥``; control and invisible
+    format characters (e.g. a right-to-left override) → ``\\xNN`` / ``\\uNNNN``. WordPiece tokens
+    (``##ing``) and special tokens (``[CLS]``, ``<s>``) are unchanged. The result is plain text:
+    escape it before putting it into HTML.
+    """
+    string = token_string(text, byte_level)
+    core = string.strip()
+    if not core:
+        return "".join(map(_visible, string))
+    head, tail = string.index(core[0]), len(string.rstrip())
+    return "".join(
+        [*map(_visible, string[:head]), *(_visible(c, edge=False) for c in core), *map(_visible, string[tail:])]
+    )
+
+
+def display_tokens(texts: Sequence[str]) -> list[str]:
+    """:func:`display_token` of every token of one document (byte-level guessed once, for the whole list)."""
+    texts = [str(t) for t in texts]
+    byte_level = is_byte_level(texts)
+    return [display_token(t, byte_level) for t in texts]

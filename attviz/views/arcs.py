@@ -20,11 +20,13 @@ import xarray as xr
 from bokeh.models import CustomJSHover
 
 from attviz.views.base import View
-from attviz.views.matrix import HOVER_CODE, index_of, token_labels, token_positions
+from attviz.views.common import TITLE_DOC, AxisLabels, describe, page_scroll_hook, title_hook, token_positions
+from attviz.views.matrix import HOVER_CODE, index_of
 
 LEFT, RIGHT = 0.0, 1.0  # x of the query and key columns
 _GAP = 0.03  # links stop short of the labels
-PLOT_WIDTH = 560  # pixels: one data unit (the links) is about a third, each token column another
+MIN_WIDTH = 420  # pixels; the plot takes the page's width (one data unit, the links, is a third of it)
+MIN_HEIGHT = 240  # pixels; beyond, ``token_height`` per token
 HEAD_COLORS: list[str] = list(colorcet.palette["glasbey_category10"])
 
 
@@ -121,13 +123,15 @@ class HeadView(View):
         default=6000, bounds=(400, 12000), doc="Largest plot height in pixels (tokens are squeezed beyond)."
     )
     max_height = param.Integer(default=720, bounds=(200, 3000), doc="Visible height; taller plots scroll.")
+    title = param.String(default="", doc=TITLE_DOC)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._layout: pn.viewable.Viewable | None = None
         self._values = np.zeros((0, 0, 0), dtype=np.float32)
         self._head_ids = np.zeros(0, dtype=np.int64)
-        self._labels: tuple[list[str], list[str]] = ([], [])
+        self._labels = AxisLabels.of(None)
+        self._summary = ""
         self._query_positions = np.zeros(0, dtype=np.int64)
         self._tokens = _TokensChanged()  # redraws the token labels only when they change
         self._update_data()
@@ -142,20 +146,26 @@ class HeadView(View):
             heads = data.coords.get("head")
             n_heads = data.sizes["head"]
             self._head_ids = np.asarray(heads.values if heads is not None else np.arange(n_heads), dtype=np.int64)
-            labels = (token_labels(data, "query"), token_labels(data, "key"))
+            labels = AxisLabels.of(data)
             self._query_positions = token_positions(data, "query")
         else:
             self._values = np.zeros((0, 0, 0), dtype=np.float32)
             self._head_ids = np.zeros(0, dtype=np.int64)
-            labels = ([], [])
+            labels = AxisLabels.of(None)
             self._query_positions = np.zeros(0, dtype=np.int64)
         if labels != self._labels:  # another layer of the same document keeps its token labels
             self._labels = labels
             self._tokens.event(version=self._tokens.version + 1)
 
     def _plot_height(self) -> int:
-        n = max(len(self._labels[0]), len(self._labels[1]), 1)
-        return int(min(max(self.token_height * n + 60, 160), self.max_plot_height))
+        """``token_height`` pixels per token (and room for the title and toolbar), at least :data:`MIN_HEIGHT`."""
+        n = max(len(self._labels.query), len(self._labels.key), 1)
+        return int(min(max(self.token_height * n + 80, MIN_HEIGHT), self.max_plot_height))
+
+    def plot_title(self) -> str:
+        """The plot's title: the ``title`` input (else the data's name and layer) and how many links are drawn."""
+        shown = self.title or describe(self.data, "attention")
+        return f"{shown}: {self._summary}" if self._summary else shown
 
     def _head_index(self) -> np.ndarray:
         if not self.heads:
@@ -185,15 +195,15 @@ class HeadView(View):
         return segments, summary
 
     def _links_element(self, **_: Any) -> hv.Overlay:
-        segments, summary = self.links()
+        segments, self._summary = self.links()
         row = index_of(self._query_positions, self.selected_token)
         boxes = [] if row is None else [(LEFT - 0.9, row - 0.5, LEFT + _GAP, row + 0.5)]
         # The selected token's highlight lives here: a selection redraws the links anyway.
-        return hv.Rectangles(boxes) * segments.opts(title=summary)
+        return hv.Rectangles(boxes) * segments
 
     def _token_labels(self, column: str) -> hv.Labels:
         """The query (left) or key (right) tokens, one ``hv.Labels`` each (a Tap source must be one element)."""
-        query_labels, key_labels = self._labels
+        query_labels, key_labels = self._labels.query, self._labels.key
         n = max(len(query_labels), len(key_labels), 1)
         labels, x, align = (query_labels, LEFT, "right") if column == "query" else (key_labels, RIGHT, "left")
         element = hv.Labels((np.full(len(labels), x), np.arange(len(labels)), labels), vdims=column)
@@ -210,7 +220,7 @@ class HeadView(View):
             self.selected_token = None if position == self.selected_token else position
 
     def _hover_hook(self, plot: Any, element: Any) -> None:
-        query_labels, key_labels = self._labels
+        query_labels, key_labels = self._labels.query_hover, self._labels.key_hover
         formatters = plot.handles.get("attviz_hover_formatters")
         if formatters is None:
             formatters = {
@@ -242,6 +252,7 @@ class HeadView(View):
                 heads=self.param.heads,
                 threshold=self.param.threshold,
                 top_k=self.param.top_k,
+                title=self.param.title,
                 selected_token=self.param.selected_token,
                 all_links_up_to=self.param.all_links_up_to,
             )
@@ -270,10 +281,11 @@ class HeadView(View):
             xaxis=None,
             yaxis=None,
             show_grid=False,
-            width=PLOT_WIDTH,
+            responsive=True,
+            min_width=MIN_WIDTH,
             height=self._plot_height(),
             default_tools=["pan", "wheel_zoom", "reset", "save"],
-            hooks=[self._size_hook],
+            hooks=[self._size_hook, title_hook(self.plot_title), page_scroll_hook],
             toolbar="above",
             fontsize={"title": "10pt"},
         )
@@ -290,13 +302,17 @@ class HeadView(View):
             legend = pn.pane.HTML(
                 pn.bind(lambda data, heads: self._legend(), self.param.data, self.param.heads), margin=(0, 10)
             )
-            plot = pn.pane.HoloViews(self._plot(), linked_axes=False)
+            plot = pn.pane.HoloViews(self._plot(), linked_axes=False, sizing_mode="stretch_width")
             placeholder = pn.pane.Markdown(
                 "*No attention to show: choose a document (this view shows every head of one layer).*",
                 visible=self.param.data.rx.is_(None),
             )
             scroller = pn.Column(
-                plot, scroll=True, max_height=self.param.max_height, visible=self.param.data.rx.is_not(None)
+                plot,
+                scroll=True,
+                max_height=self.param.max_height,
+                visible=self.param.data.rx.is_not(None),
+                sizing_mode="stretch_width",
             )
-            self._layout = pn.Column(placeholder, legend, scroller)
+            self._layout = pn.Column(placeholder, legend, scroller, sizing_mode="stretch_width")
         return self._layout

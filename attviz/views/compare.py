@@ -18,13 +18,13 @@ import param
 import xarray as xr
 
 from attviz.views.base import View
+from attviz.views.common import TITLE_DOC, AxisLabels, describe
 from attviz.views.matrix import (
     COLORMAPS,
     empty_image,
     matrix_image,
     matrix_plot,
     matrix_values,
-    token_labels,
     value_dimension,
     value_range,
 )
@@ -100,12 +100,13 @@ class CompareView(View):
     rasterize_above = param.Integer(
         default=256, bounds=(16, 8192), doc="Rasterise (max per pixel) matrices with more tokens than this."
     )
+    title = param.String(default="", doc=TITLE_DOC)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._layout: pn.viewable.Viewable | None = None
         self._ranges = {side: hv.streams.RangeXY() for side in ("data", "other", "difference")}
-        self._labels: dict[str, tuple[list[str], list[str]]] = {}
+        self._labels: dict[str, AxisLabels] = {}
         self._columns: dict[str, pn.Column] = {}
         self._values: dict[str, np.ndarray] = {}
         self._comparable = False
@@ -127,10 +128,7 @@ class CompareView(View):
         for stream in self._ranges.values():
             stream.reset()  # show new matrices in full
         for side in ("data", "other"):
-            matrix = self._matrix(side)
-            self._labels[side] = (
-                (token_labels(matrix, "query"), token_labels(matrix, "key")) if matrix is not None else ([], [])
-            )
+            self._labels[side] = AxisLabels.of(self._matrix(side))
         self._labels["difference"] = self._labels["data"]
         self._values = {side: matrix_values(m) for side in ("data", "other") if (m := self._matrix(side)) is not None}
         self._comparable = self.comparable()
@@ -179,17 +177,24 @@ class CompareView(View):
         return matrix_image(values, vdim, (-bound, bound))
 
     def _figure(self, side: str, callback: Any, cmap: Any) -> pn.pane.HoloViews:
-        images = hv.DynamicMap(pn.bind(callback, data=self.param.data, other=self.param.other))
+        names = {"label": self.param.label, "other_label": self.param.other_label, "title": self.param.title}
+        images = hv.DynamicMap(pn.bind(callback, data=self.param.data, other=self.param.other, **names))
         plot = matrix_plot(
             images,
             labels=lambda: self._labels[side],
             max_labels=lambda: self.max_labels,
             threshold=self.param.rasterize_above,
             range_xy=self._ranges[side],
+            title=lambda: self.plot_title(side),
             cmap=cmap,
             height=PLOT_HEIGHT,
         )
         return pn.pane.HoloViews(plot, sizing_mode="stretch_width", linked_axes=False)
+
+    def plot_title(self, side: str) -> str:
+        """The title of one plot (``"data"``, ``"other"`` or ``"difference"``): its label and what is shown."""
+        shown = self.title or describe(self._matrix("data") if side == "difference" else self._matrix(side))
+        return f"{self._names()[side]} · {shown}" if shown else self._names()[side]
 
     def _names(self) -> dict[str, str]:
         label, other = self.label or "this", self.other_label or "other"

@@ -1,7 +1,8 @@
 """The attention matrix of one layer/head (or an aggregation): query rows, key columns.
 
-Axes are integer positions (a categorical HeatMap would merge duplicate tokens); token strings are
-tick labels when few enough to read, and hover shows both tokens. Large matrices are rasterised
+Axes are integer positions (a categorical HeatMap would merge duplicate tokens); readable token
+labels (:func:`attviz.views.common.token_labels`) are the ticks when few enough to read, and hover
+shows both tokens (readable and raw). Large matrices are rasterised
 with datashader using the *max* aggregator, so a single strong cell is not averaged away.
 """
 
@@ -19,6 +20,14 @@ from bokeh.models import BasicTicker, CustomJSHover, CustomJSTickFormatter, Fixe
 from holoviews.operation.datashader import regrid
 
 from attviz.views.base import View
+from attviz.views.common import (
+    TITLE_DOC,
+    AxisLabels,
+    describe,
+    page_scroll_hook,
+    title_hook,
+    token_positions,
+)
 
 COLORMAPS = ["Blues", "viridis", "magma", "cividis", "Greys", "fire"]
 
@@ -34,21 +43,6 @@ HOVER_CODE = """
 const label = labels[Math.round(value)];
 return label == null ? "" : label;
 """
-
-
-def token_labels(array: xr.DataArray, dim: str) -> list[str]:
-    """``"text"`` per index of a token dim, or ``"text (position)"`` where position != index."""
-    text_coord = array.coords.get(f"{dim}_text")
-    texts = [str(t) for t in text_coord.values] if text_coord is not None else [""] * array.sizes[dim]
-    positions = token_positions(array, dim)
-    return [t if int(p) == i else f"{t} ({int(p)})" for i, (t, p) in enumerate(zip(texts, positions, strict=True))]
-
-
-def token_positions(array: xr.DataArray, dim: str) -> np.ndarray:
-    """Document positions of a token dim (its index coord), as int64."""
-    if dim in array.coords:
-        return np.asarray(array[dim].values, dtype=np.int64)
-    return np.arange(array.sizes[dim], dtype=np.int64)
 
 
 def index_of(positions: np.ndarray, position: int | None) -> int | None:
@@ -112,33 +106,32 @@ def set_token_axis(axis: Any, labels: Sequence[str], max_labels: int, rotate: bo
     axis.major_label_text_font_size = "8pt" if n > 30 else "10pt"
 
 
-def token_axes_hook(
-    get_labels: Callable[[], tuple[Sequence[str], Sequence[str]]], max_labels: Callable[[], int]
-) -> Callable[[Any, Any], None]:
+def token_axes_hook(get_labels: Callable[[], AxisLabels], max_labels: Callable[[], int]) -> Callable[[Any, Any], None]:
     """A HoloViews hook putting token labels on the axes and in the hover (x: keys, y: queries).
 
-    ``get_labels()`` returns ``(query_labels, key_labels)`` of what is shown now; the hook updates
-    the tickers, tick formatters and hover formatters of the figure in place.
+    ``get_labels()`` returns the :class:`~attviz.views.common.AxisLabels` of what is shown now: the
+    readable labels on the ticks, readable and raw tokens in the hover. The hook updates the
+    tickers, tick formatters and hover formatters of the figure in place.
     """
 
     def hook(plot: Any, element: Any) -> None:
-        query_labels, key_labels = get_labels()
+        labels = get_labels()
         figure = plot.state
-        set_token_axis(figure.xaxis[0], key_labels, max_labels(), rotate=True)
-        set_token_axis(figure.yaxis[0], query_labels, max_labels())
+        set_token_axis(figure.xaxis[0], labels.key, max_labels(), rotate=True)
+        set_token_axis(figure.yaxis[0], labels.query, max_labels())
         formatters = plot.handles.get("attviz_hover_formatters")
         if formatters is None:
             formatters = {
-                "$x": CustomJSHover(code=HOVER_CODE, args={"labels": list(key_labels)}),
-                "$y": CustomJSHover(code=HOVER_CODE, args={"labels": list(query_labels)}),
+                "$x": CustomJSHover(code=HOVER_CODE, args={"labels": list(labels.key_hover)}),
+                "$y": CustomJSHover(code=HOVER_CODE, args={"labels": list(labels.query_hover)}),
             }
             plot.handles["attviz_hover_formatters"] = formatters
             for tool in figure.tools:
                 if isinstance(tool, HoverTool):
                     tool.formatters = {**tool.formatters, **formatters}
-        for key, labels in (("$x", key_labels), ("$y", query_labels)):
-            if list(formatters[key].args["labels"]) != list(labels):
-                formatters[key].args = {"labels": list(labels)}
+        for key, hover in (("$x", labels.key_hover), ("$y", labels.query_hover)):
+            if list(formatters[key].args["labels"]) != list(hover):
+                formatters[key].args = {"labels": list(hover)}
 
     return hook
 
@@ -173,17 +166,19 @@ def rasterize_large(dmap: hv.DynamicMap, threshold: Any, range_xy: hv.streams.Ra
 def matrix_plot(
     images: hv.DynamicMap,
     *,
-    labels: Callable[[], tuple[Sequence[str], Sequence[str]]],
+    labels: Callable[[], AxisLabels],
     max_labels: Callable[[], int],
     threshold: Any,
     range_xy: hv.streams.RangeXY,
+    title: Callable[[], str],
     log_scale: bool = False,
     **opts: Any,
 ) -> hv.DynamicMap:
-    """Style a DynamicMap of matrix images: rasterised above ``threshold``, token axes and hover.
+    """Style a DynamicMap of matrix images: rasterised above ``threshold``, token axes and hover, titled.
 
-    ``labels()`` gives the current ``(query_labels, key_labels)``; ``opts`` are further HoloViews
-    options (param references such as ``view.param.cmap`` are followed live).
+    ``labels()`` gives the current :class:`~attviz.views.common.AxisLabels`, ``title()`` the plot's
+    title; ``opts`` are further HoloViews options (param references such as ``view.param.cmap`` are
+    followed live). The mouse wheel scrolls the page until the user picks the wheel-zoom tool.
     """
     shown = rasterize_large(images, threshold, range_xy)
     dynamic = {k: v for k, v in opts.items() if isinstance(v, param.Parameter)}
@@ -199,7 +194,7 @@ def matrix_plot(
         "tools": ["hover"],
         "hover_tooltips": HOVER_TOOLTIPS,
         "default_tools": ["pan", "wheel_zoom", "box_zoom", "reset", "save"],
-        "hooks": [token_axes_hook(labels, max_labels)],
+        "hooks": [token_axes_hook(labels, max_labels), title_hook(title), page_scroll_hook],
         "xlabel": "key",
         "ylabel": "query",
     }
@@ -238,12 +233,13 @@ class MatrixView(View):
         default=256, bounds=(16, 8192), doc="Rasterise (max per pixel) matrices with more tokens than this."
     )
     height = param.Integer(default=520, bounds=(200, 2000), doc="Height of the plot in pixels.")
+    title = param.String(default="", doc=TITLE_DOC)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._layout: pn.viewable.Viewable | None = None
         self._plot_pane: pn.pane.HoloViews | None = None
-        self._labels: tuple[list[str], list[str]] = ([], [])
+        self._labels = AxisLabels.of(None)
         self._query_positions = np.zeros(0, dtype=np.int64)
         self._range_xy = hv.streams.RangeXY()
         self._update_tokens()
@@ -253,18 +249,22 @@ class MatrixView(View):
         self._range_xy.reset()  # show a new matrix in full (runs before the plot's own watchers)
         data = self.data
         if isinstance(data, xr.DataArray) and self.can_show(data):
-            self._labels = (token_labels(data, "query"), token_labels(data, "key"))
+            self._labels = AxisLabels.of(data)
             self._query_positions = token_positions(data, "query")
         else:
-            self._labels = ([], [])
+            self._labels = AxisLabels.of(None)
             self._query_positions = np.zeros(0, dtype=np.int64)
 
-    def _image(self, data: Any) -> hv.Image:
+    def _image(self, data: Any, title: str = "") -> hv.Image:
         vdim = value_dimension(data if isinstance(data, xr.DataArray) else None)
         if not (isinstance(data, xr.DataArray) and self.can_show(data)):
             return empty_image(vdim)
         values = matrix_values(data)
         return matrix_image(values, vdim, value_range(values, self.log_scale))
+
+    def plot_title(self) -> str:
+        """The title of the plot: the ``title`` input, else the data's long name, layer and head."""
+        return self.title or describe(self.data, "attention")
 
     def _selection(self, selected_token: int | None, data: Any) -> hv.HSpan:
         row = index_of(self._query_positions, selected_token)
@@ -278,13 +278,14 @@ class MatrixView(View):
             self.selected_token = int(self._query_positions[row])
 
     def _plot(self) -> hv.DynamicMap:
-        images = hv.DynamicMap(pn.bind(self._image, data=self.param.data))
+        images = hv.DynamicMap(pn.bind(self._image, data=self.param.data, title=self.param.title))
         shown = matrix_plot(
             images,
             labels=lambda: self._labels,
             max_labels=lambda: self.max_labels,
             threshold=self.param.rasterize_above,
             range_xy=self._range_xy,
+            title=self.plot_title,
             log_scale=self.log_scale,
             cmap=self.param.cmap,
             height=self.height,
@@ -295,7 +296,7 @@ class MatrixView(View):
         selection = hv.DynamicMap(
             pn.bind(self._selection, selected_token=self.param.selected_token, data=self.param.data)
         ).opts(fill_color="orange", fill_alpha=0.2, line_color="darkorange", line_width=2)
-        return shown * selection
+        return (shown * selection).opts(hooks=[page_scroll_hook])  # the overlay sets the active tools last
 
     @param.depends("log_scale", "height", watch=True)
     def _rebuild(self) -> None:

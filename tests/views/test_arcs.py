@@ -8,7 +8,7 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import pytest
-from bokeh.models import CustomJSHover, GlyphRenderer, HoverTool, Plot, Quad, Segment, Text
+from bokeh.models import CustomJSHover, GlyphRenderer, HoverTool, Plot, Quad, Segment, Text, WheelZoomTool
 
 from attviz.corpus import attention_array, token_frame
 from attviz.views.arcs import HEAD_COLORS, LEFT, RIGHT, HeadView, head_color, head_links
@@ -51,8 +51,11 @@ def links(root) -> set[tuple[int, int, int, float]]:
 
 
 def title(root) -> str:
+    """The links summary: the part of the title after what is shown ("attention weight · layer 0: ")."""
     (plot,) = root.select({"type": Plot})
-    return plot.title.text
+    shown, _, summary = plot.title.text.partition(": ")
+    assert shown == "attention weight · layer 0"
+    return summary
 
 
 def test_threshold_keeps_exactly_the_links_above_it_with_their_style():
@@ -136,17 +139,36 @@ def test_height_grows_with_the_tokens_and_many_tokens_need_a_selection():
     view = HeadView(data=layer(), all_links_up_to=20)
     root = render(view)
     (plot,) = root.select({"type": Plot})
-    assert plot.height == 160  # the minimum
+    assert plot.height == 240  # the minimum
+    assert plot.sizing_mode == "stretch_width" and plot.min_width == 420  # as wide as the page
     n = 40
     rng = np.random.default_rng(0)
     values = rng.dirichlet(np.full(n, 0.1), size=(2, n)).astype(np.float32)
     view.data = layer(values, [f"w{i}" for i in range(n)])
-    assert root.select_one({"type": Plot}) is plot and plot.height == 14 * n + 60
+    assert root.select_one({"type": Plot}) is plot and plot.height == 14 * n + 80
     assert (plot.y_range.start, plot.y_range.end) == (n - 0.5, -0.5)
     assert len(segments(root).data_source.data["y0"]) == 0  # 40 > all_links_up_to
     assert title(root).startswith("40 tokens (more than 20): click a token")
     view.selected_token = 7
     assert set(segments(root).data_source.data["y0"]) == {7.0}
+
+
+def test_title_readable_tokens_and_the_wheel_scrolls_the_page():
+    tokens = ["<s>", "ĠHel", "lo", "Ċ", "</s>"]  # RoBERTa/GPT-2 byte-level markers
+    values = np.full((2, 5, 5), 0.2, dtype=np.float32)
+    view = HeadView(data=layer(values, tokens), threshold=0.3)
+    root = render(view)
+    plot = root.select_one({"type": Plot})
+    shown = "attention weight · layer 0"  # read from the data without a title
+    assert plot.title.text == f"{shown}: all tokens: 0 links ≥ 0.3 shown, 0 more hidden by top-5 (2 heads)"
+    view.title = "doc 7 · layer 0 · all heads"  # from the explorer
+    assert plot.title.text.startswith("doc 7 · layer 0 · all heads: all tokens: 0 links")
+    texts = [r for r in root.select({"type": GlyphRenderer}) if isinstance(r.glyph, Text)]
+    columns = [list(r.data_source.data[r.glyph.text]) for r in texts]
+    assert columns == [["<s>", "·Hel", "lo", "↵", "</s>"]] * 2
+    hover = next(t for t in plot.tools if isinstance(t, HoverTool))
+    assert hover.formatters["@{y0}"].args["labels"][1] == "·Hel (raw: ĠHel)"  # the raw token stays in the hover
+    assert any(isinstance(t, WheelZoomTool) for t in plot.toolbar.tools) and plot.toolbar.active_scroll is None
 
 
 @pytest.mark.parametrize("n", [512])

@@ -117,3 +117,19 @@ def test_demo_documents():
     assert "bits" in view.message() and view._columns["difference"].visible
     view.param.update(other=other.attention.isel(layer=0, head=0), other_label=other.id)
     assert "do not have the same tokens" in view.message() and not view._columns["difference"].visible
+
+
+def test_titles_name_each_plot_and_the_wheel_scrolls_the_page():
+    view = CompareView(data=matrix(A, ("Ġa", "b")), other=matrix(B, ("Ġa", "b")), label="doc 1", other_label="doc 2")
+    root = render(view)
+    plots = {side: column.objects[1]._models[root.ref["id"]][0] for side, column in view._columns.items()}
+    assert plots["data"].title.text == "doc 1 · attention weight · layer 0 · head 0"
+    view.title = "layer 0 · mean over heads"
+    assert {side: plot.title.text for side, plot in plots.items()} == {
+        "data": "doc 1 · layer 0 · mean over heads",
+        "other": "doc 2 · layer 0 · mean over heads",
+        "difference": "doc 1 − doc 2 · layer 0 · mean over heads",
+    }
+    for plot in plots.values():
+        assert plot.xaxis[0].formatter.args["labels"] == ["·a", "b"]
+        assert plot.toolbar.active_scroll is None

@@ -19,6 +19,7 @@ from bokeh.models import (
     LinearColorMapper,
     LogColorMapper,
     Plot,
+    WheelZoomTool,
 )
 from bokeh.models import Image as ImageGlyph
 
@@ -210,3 +211,33 @@ def test_demo_document():
     assert plot.yaxis[0].formatter.args["labels"][0] == "[CLS]"
     image = np.asarray(image_renderer(root).data_source.data["image"][0])
     np.testing.assert_allclose(image, np.asarray(data.values, dtype=np.float32))
+
+
+def test_byte_level_tokens_get_readable_labels_with_the_raw_token_in_the_hover():
+    tokens = ["<s>", "ĠHel", "lo", "Ċ", "Ġcaf", "Ã©"]  # GPT-2/RoBERTa: space Ġ, newline Ċ, UTF-8 bytes
+    plot = figure(render(MatrixView(data=matrix(np.eye(6), tokens))))
+    readable = ["<s>", "·Hel", "lo", "↵", "·caf", "é"]
+    assert plot.xaxis[0].formatter.args["labels"] == readable == plot.yaxis[0].formatter.args["labels"]
+    (hover,) = [t for t in plot.tools if isinstance(t, HoverTool)]
+    assert hover.formatters["$x"].args["labels"] == [
+        "<s>", "·Hel (raw: ĠHel)", "lo", "↵ (raw: Ċ)", "·caf (raw: Ġcaf)", "é (raw: Ã©)"
+    ]  # fmt: skip
+    sentencepiece = figure(render(MatrixView(data=matrix(np.eye(3), ["▁The", "▁cat", "</s>"]))))
+    assert sentencepiece.yaxis[0].formatter.args["labels"] == ["·The", "·cat", "</s>"]
+    wordpiece = figure(render(MatrixView(data=matrix(np.eye(3), ["[CLS]", "play", "##ing"]))))
+    assert wordpiece.yaxis[0].formatter.args["labels"] == ["[CLS]", "play", "##ing"]  # as before
+
+
+def test_title_and_the_wheel_scrolls_the_page():
+    data = attention_array(np.full((2, 3, 2, 2), 0.5, np.float32), token_frame(["a", "b"])).isel(layer=1, head=2)
+    view = MatrixView(data=data)
+    root = render(view)
+    plot = figure(root)
+    assert plot.title.text == "attention weight · layer 1 · head 2"  # read from the data without a title
+    view.title = "doc 3 · layer 1 · head 2 · $$x$$"  # from the explorer
+    assert plot.title.text == "doc 3 · layer 1 · head 2 · $\u200b$x$\u200b$"  # shown as text, not TeX
+    view.selected_token = 1
+    view.data = data.copy()
+    assert figure(root).title.text.startswith("doc 3 ·")
+    assert any(isinstance(t, WheelZoomTool) for t in plot.toolbar.tools)
+    assert plot.toolbar.active_scroll is None  # the wheel scrolls the page until the tool is picked

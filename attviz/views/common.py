@@ -1,0 +1,139 @@
+"""What the built-in views share: token labels, class colours, plot titles and the mouse wheel.
+
+- **Token labels**: :func:`token_labels` are readable (:func:`attviz.tokenization.display_tokens`:
+  ``Ġthe`` → ``·the``, ``Ċ`` → ``↵``, ``▁the`` → ``·the``); :func:`hover_labels` add the raw token.
+  Bokeh draws tick labels and hover fields as text (it escapes hover fields), so neither needs HTML
+  escaping; HTML built in Python escapes them with :func:`html.escape`.
+- **Class colours**: :func:`class_colour` is a function of the label string alone, so a class has
+  the same colour in every corpus and view.
+- **Titles**: every plot is titled (:func:`title_hook`) with the view's ``title`` input, or else
+  what :func:`describe` reads from the data.
+- **Wheel**: :func:`page_scroll_hook` leaves the mouse wheel to the page: the wheel-zoom tool stays in
+  the toolbar, inactive until the user picks it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import colorcet
+import numpy as np
+import xarray as xr
+
+from attviz.tokenization import display_tokens
+
+#: The fixed categorical palette of class colours: colorcet's ``glasbey_category10`` (Category10 first,
+#: then Glasbey's distinct colours) without the 7 pastels too pale to see on white (249 colours).
+CLASS_PALETTE: tuple[str, ...] = tuple(
+    c for c in colorcet.palette["glasbey_category10"] if min(int(c[i : i + 2], 16) for i in (1, 3, 5)) <= 200
+)
+
+#: The ``doc`` of every view's ``title`` parameter (an input of :data:`attviz.views.base.INPUTS`).
+TITLE_DOC = (
+    "Title of the plots: what is shown (document, layer/head or head reduction, aggregation), one short line "
+    "(from the explorer); empty: read from the data."
+)
+
+
+def class_colour(label: Any) -> str:
+    """The colour of a class label: :data:`CLASS_PALETTE` indexed by the CRC-32 of its UTF-8 text.
+
+    Stable across corpora, sessions and processes (unlike Python's salted ``hash``).
+    """
+    return CLASS_PALETTE[zlib.crc32(str(label).encode("utf-8")) % len(CLASS_PALETTE)]
+
+
+# -- titles ------------------------------------------------------------------------------------------
+def plain_text(text: Any) -> str:
+    """``text`` for a Bokeh title or axis label, shown literally (Bokeh reads ``$$…$$``, ``\\[…\\]``,
+    ``\\(…\\)`` there as TeX): the opening delimiters are split by a zero-width space."""
+    text = str(text)
+    for delimiter in ("$$", "\\[", "\\("):
+        text = text.replace(delimiter, delimiter[0] + "\u200b" + delimiter[1])
+    return text
+
+
+def describe(array: Any, default: str = "") -> str:
+    """A short title read from a DataArray: its long name, and the layer and head it was taken from."""
+    if not isinstance(array, xr.DataArray):
+        return default
+    parts = [str(array.attrs.get("long_name") or array.name or default or "attention")]
+    for dim in ("layer", "head"):
+        coord = array.coords.get(dim)
+        if coord is not None and coord.ndim == 0 and dim not in array.dims:
+            value = coord.values.item()
+            parts.append(f"{dim} {value}")
+    return " · ".join(parts)
+
+
+def title_hook(get_title: Callable[[], str]) -> Callable[[Any, Any], None]:
+    """A HoloViews hook setting the figure's title to ``get_title()`` (as plain text) on every update."""
+
+    def hook(plot: Any, element: Any) -> None:
+        title = plot.state.title
+        text = plain_text(get_title())
+        if title is not None and title.text != text:
+            title.text = text
+
+    return hook
+
+
+def page_scroll_hook(plot: Any, element: Any) -> None:
+    """A HoloViews hook leaving the mouse wheel to the page (``active_scroll=None``; the tool stays)."""
+    toolbar = plot.state.toolbar
+    if toolbar.active_scroll is not None:
+        toolbar.active_scroll = None
+
+
+# -- token labels --------------------------------------------------------------------------------------
+def token_texts(array: xr.DataArray, dim: str) -> list[str]:
+    """The raw token strings of a token dim (``""`` without a ``<dim>_text`` coord)."""
+    coord = array.coords.get(f"{dim}_text")
+    return [str(t) for t in coord.values] if coord is not None else [""] * array.sizes[dim]
+
+
+def token_positions(array: xr.DataArray, dim: str) -> np.ndarray:
+    """Document positions of a token dim (its index coord), as int64."""
+    if dim in array.coords:
+        return np.asarray(array[dim].values, dtype=np.int64)
+    return np.arange(array.sizes[dim], dtype=np.int64)
+
+
+def _with_positions(labels: list[str], positions: np.ndarray) -> list[str]:
+    return [t if int(p) == i else f"{t} ({int(p)})" for i, (t, p) in enumerate(zip(labels, positions, strict=True))]
+
+
+def token_labels(array: xr.DataArray, dim: str) -> list[str]:
+    """Readable label per index of a token dim, ``"label (position)"`` where position != index."""
+    return _with_positions(display_tokens(token_texts(array, dim)), token_positions(array, dim))
+
+
+def hover_labels(array: xr.DataArray, dim: str) -> list[str]:
+    """:func:`token_labels` with the raw token added where it differs (``·the (raw: Ġthe)``)."""
+    raw = token_texts(array, dim)
+    shown = display_tokens(raw)
+    labels = [s if s == r else f"{s} (raw: {r})" for s, r in zip(shown, raw, strict=True)]
+    return _with_positions(labels, token_positions(array, dim))
+
+
+class AxisLabels(NamedTuple):
+    """Token labels of a ``(query, key)`` plot: ticks (readable) and hover (readable and raw)."""
+
+    query: list[str]
+    key: list[str]
+    query_hover: list[str]
+    key_hover: list[str]
+
+    @classmethod
+    def of(cls, array: Any) -> AxisLabels:
+        """The labels of an array with ``query`` and ``key`` dims (empty for anything else)."""
+        if not (isinstance(array, xr.DataArray) and {"query", "key"} <= set(array.dims)):
+            return cls([], [], [], [])
+        return cls(
+            token_labels(array, "query"),
+            token_labels(array, "key"),
+            hover_labels(array, "query"),
+            hover_labels(array, "key"),
+        )
