@@ -55,6 +55,7 @@ INPUTS: dict[str, str] = {
     "other_label": "for comparisons: a short label of the second document/corpus",
     "label": "a short label of the current document/corpus",
     "text": "the document's original text (token offsets index into it)",
+    "title": "what is shown: document, layer/head, aggregation, as one short line (the title of the view's plots)",
 }
 
 _TOKEN_DIMS = {"query", "key", "token"}
