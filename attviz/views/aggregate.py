@@ -1,8 +1,9 @@
 """The AttViz aggregate plot: the token vector as a line, with the spread across heads.
 
 The original AttViz "graph" view, fixed: the y axis autoscales (values above 1 stay visible), a log
-scale copes with zeros, the plot is linked to the text (selected token as a vertical line; a tap
-selects the nearest token) and the Bokeh save tool exports PNG, or SVG with ``backend="svg"``.
+scale copes with zeros, the x axis names the tokens, the plot is linked to the text (selected token
+as a vertical line; a tap selects the nearest token) and the Bokeh save tool exports PNG, or SVG
+with ``backend="svg"``. The extremes over heads are the registered ``min`` and ``max`` aggregations.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import panel as pn
 import param
 import xarray as xr
 
+from attviz import aggregations
 from attviz.views.base import View
+from attviz.views.common import TITLE_DOC, describe, hover_labels, page_scroll_hook, title_hook, token_labels
+from attviz.views.matrix import set_token_axis
 
 AGGREGATE_COLOR = "#F9822C"
 EXTREME_COLOR = "red"
 OTHER_COLOR = "grey"
 _TOOLTIPS = [
-    ("token", "@{token_text} (@{token})"),
+    ("token", "@{token_text} (@{token})"),  # readable and raw token, escaped by Bokeh
     ("value", "@value{0.000}"),
     ("min", "@min{0.000}"),
     ("max", "@max{0.000}"),
@@ -37,26 +41,38 @@ def log_floor(values: np.ndarray) -> float:
     return float(positive.min() / 10) if positive.size else 1e-6
 
 
-def plot_frames(rows: np.ndarray, aggregate: np.ndarray, texts: list[str], scale: str) -> dict[str, Any]:
+def head_rows(data: xr.DataArray) -> xr.DataArray:
+    """``data`` as ``(head, token)``: legacy AttViz vectors ``(vector, token)`` count as heads."""
+    row_dim = next(d for d in data.dims if d != "token")
+    return data.rename({row_dim: "head"}).transpose("head", "token") if row_dim != "head" else data
+
+
+def over_heads(name: str, rows: xr.DataArray) -> np.ndarray:
+    """The registered aggregation ``name`` (``min``, ``max``, ``mean``) over the heads of ``rows``, as float64."""
+    return np.asarray(aggregations.get(name, over="head")(rows).values, dtype=np.float64)
+
+
+def plot_frames(rows: xr.DataArray, aggregate: np.ndarray, texts: list[str], scale: str) -> dict[str, Any]:
     """The columns of the three series (aggregate line, min/max markers, every head) for one document.
 
-    ``rows`` is (heads × tokens). With ``scale="log"`` the plotted ``attention`` values are clipped below at
-    :func:`log_floor` (``value`` keeps the true numbers for the hover).
+    ``rows`` is ``(head, token)``; its extremes come from the ``min``/``max`` aggregations over heads.
+    With ``scale="log"`` the plotted ``attention`` values are clipped below at :func:`log_floor`
+    (``value`` keeps the true numbers for the hover). ``texts`` are the hover's token labels.
     """
-    n = rows.shape[1]
+    values = np.asarray(rows.values, dtype=np.float64)
+    n = values.shape[1]
     x = np.arange(n)
-    with np.errstate(all="ignore"):
-        lo = np.nanmin(rows, axis=0) if len(rows) else aggregate
-        hi = np.nanmax(rows, axis=0) if len(rows) else aggregate
-    floor = log_floor(np.concatenate([rows.ravel(), aggregate])) if scale == "log" else None
+    lo = over_heads("min", rows) if len(values) else aggregate
+    hi = over_heads("max", rows) if len(values) else aggregate
+    floor = log_floor(np.concatenate([values.ravel(), aggregate])) if scale == "log" else None
 
-    def y(values: np.ndarray) -> np.ndarray:
-        return values if floor is None else np.maximum(np.nan_to_num(values, nan=floor), floor)
+    def y(v: np.ndarray) -> np.ndarray:
+        return v if floor is None else np.maximum(np.nan_to_num(v, nan=floor), floor)
 
     text = np.asarray(texts, dtype=object)
     line = {"token": x, "attention": y(aggregate), "value": aggregate, "min": lo, "max": hi, "token_text": text}
     extreme = {"token": np.concatenate([x, x]), "attention": y(np.concatenate([lo, hi]))}
-    other = {"token": np.tile(x, len(rows)), "attention": y(rows.ravel())}
+    other = {"token": np.tile(x, len(values)), "attention": y(values.ravel())}
     return {"line": line, "extreme": extreme, "other": other, "floor": floor}
 
 
@@ -74,27 +90,43 @@ class AggregatePlot(View):
         default="canvas", objects=["canvas", "svg"], doc="Bokeh output backend: the save tool gives PNG or SVG."
     )
     height = param.Integer(default=300, bounds=(150, 1200), doc="Plot height in pixels.")
+    max_labels = param.Integer(
+        default=80, bounds=(0, 400), doc="Label every token on the x axis up to this many tokens (else positions)."
+    )
+    title = param.String(default="", doc=TITLE_DOC)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self._pipe = hv.streams.Pipe(data=self._frames())
         self._selection = hv.streams.Params(parameterized=self, parameters=["selected_token"])
+        self._labels: list[str] = []
         self._pane = pn.pane.HoloViews(self._build(), sizing_mode="stretch_width")
         self._layout: pn.layout.Panel | None = None
 
     def _frames(self) -> dict[str, Any]:
         if self.data is None:
-            empty = np.zeros((0, 0))
+            self._labels = []
+            empty = xr.DataArray(np.zeros((0, 0)), dims=("head", "token"))
             return plot_frames(empty, np.zeros(0), [], self.scale)
         data = self.data if self.data.ndim == 2 else self.data.expand_dims(vector=["value"])
-        data = data.transpose(next(d for d in data.dims if d != "token"), "token")
-        rows = np.asarray(data.values, dtype=np.float64)
+        rows = head_rows(data)
         agg = self.aggregate
-        if isinstance(agg, xr.DataArray) and agg.dims == ("token",) and agg.sizes["token"] == rows.shape[1]:
+        if isinstance(agg, xr.DataArray) and agg.dims == ("token",) and agg.sizes["token"] == rows.sizes["token"]:
             values = np.asarray(agg.values, dtype=np.float64)
-        else:  # standalone use without an explorer: the mean over the rows
-            values = np.nanmean(rows, axis=0) if len(rows) else np.zeros(rows.shape[1])
-        return plot_frames(rows, values, [str(t) for t in data["token_text"].values], self.scale)
+        elif rows.sizes["head"]:  # standalone use without an explorer: the mean over the heads
+            values = over_heads("mean", rows)
+        else:
+            values = np.zeros(rows.sizes["token"])
+        self._labels = token_labels(data, "token")
+        return plot_frames(rows, values, hover_labels(data, "token"), self.scale)
+
+    def plot_title(self) -> str:
+        """The plot's title: the ``title`` input, else the name of the line (and the layer)."""
+        return self.title or describe(self.aggregate if isinstance(self.aggregate, xr.DataArray) else self.data)
+
+    def _axes_hook(self, plot: Any, element: Any) -> None:
+        """Token labels on the x axis (every token up to ``max_labels``)."""
+        set_token_axis(plot.state.xaxis[0], self._labels, self.max_labels, rotate=True)
 
     def _ylabel(self, floor: float | None) -> str:
         name = "attention"
@@ -138,6 +170,7 @@ class AggregatePlot(View):
             show_legend=True,
             legend_position="top_right",
             xlabel="token",
+            hooks=[self._axes_hook, title_hook(self.plot_title), page_scroll_hook],
             backend_opts={"plot.output_backend": self.backend},
             backend="bokeh",
         )
@@ -148,7 +181,7 @@ class AggregatePlot(View):
         n = self.data.sizes["token"]
         self.selected_token = int(np.clip(np.floor(x + 0.5), 0, max(n - 1, 0)))
 
-    @param.depends("data", "aggregate", watch=True)
+    @param.depends("data", "aggregate", "title", "max_labels", watch=True)
     def _send(self) -> None:
         self._pipe.send(self._frames())
         self._forget()

@@ -6,7 +6,7 @@ import numpy as np
 import panel as pn
 import pytest
 import xarray as xr
-from bokeh.models import GlyphRenderer, HoverTool, Line, LogScale, Scatter, Span
+from bokeh.models import GlyphRenderer, HoverTool, Line, LogScale, Scatter, Span, WheelZoomTool
 from bokeh.plotting import figure
 
 from attviz.corpus import token_coords, token_frame
@@ -61,6 +61,8 @@ def test_series_by_hand(view):
     np.testing.assert_allclose(line["min"], [0, 0, 0, 0.1])
     np.testing.assert_allclose(line["max"], [0.2, 0.5, 0.6, 1.5])
     assert list(line["token_text"]) == ["a", "<img src=x onerror=alert(1)>", "&amp;", "d"]  # hover: escaped by Bokeh
+    assert fig.xaxis[0].formatter.args["labels"] == ["a", "<img src=x onerror=alert(1)>", "&amp;", "d"]  # canvas text
+    assert list(fig.xaxis[0].ticker.ticks) == [0, 1, 2, 3]
     extreme = s["extreme"].data_source.data
     np.testing.assert_array_equal(extreme["token"], [0, 1, 2, 3, 0, 1, 2, 3])
     np.testing.assert_allclose(extreme["attention"], [0, 0, 0, 0.1, 0.2, 0.5, 0.6, 1.5])
@@ -147,11 +149,13 @@ def test_placeholder_and_long_document():
     v.data = vectors(rows)
     _, fig = rendered(v)
     assert len(series(fig)["other"].data_source.data["attention"]) == 12 * 4096
-    np.testing.assert_allclose(series(fig)["line"].data_source.data["attention"], rows.mean(axis=0))
+    mean = series(fig)["line"].data_source.data["attention"]
+    np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-6)  # the mean aggregation sums in float32
 
 
 def test_plot_frames_keeps_true_values_for_hover():
-    frames = plot_frames(np.array([[0.0, 2.0]]), np.array([0.0, 2.0]), ["a", "b"], "log")
+    rows = xr.DataArray([[0.0, 2.0]], dims=("head", "token"))
+    frames = plot_frames(rows, np.array([0.0, 2.0]), ["a", "b"], "log")
     assert frames["floor"] == pytest.approx(0.2)
     np.testing.assert_allclose(frames["line"]["attention"], [0.2, 2.0])
     np.testing.assert_allclose(frames["line"]["value"], [0.0, 2.0])
@@ -168,3 +172,45 @@ def test_demo_document():
     _, fig = rendered(v)
     assert len(series(fig)["line"].data_source.data["attention"]) == doc.n_tokens
     assert fig.yaxis[0].axis_label == "attention received (mean over queries)"
+
+
+def test_extremes_are_the_registered_aggregations(view, monkeypatch):
+    from attviz import aggregations
+
+    calls = []
+    original = aggregations.get
+
+    def recording(name, **params):
+        calls.append((name, params))
+        return original(name, **params)
+
+    monkeypatch.setattr(aggregations, "get", recording)
+    view.data = vectors(ROWS[:, ::-1])  # the tokens in reverse order
+    assert ("min", {"over": "head"}) in calls and ("max", {"over": "head"}) in calls
+    _, fig = rendered(view)
+    line = series(fig)["line"].data_source.data
+    np.testing.assert_allclose(line["min"], [0.1, 0, 0, 0])
+    np.testing.assert_allclose(line["max"], [1.5, 0.6, 0.5, 0.2])
+
+
+def test_legacy_vectors_count_as_heads():
+    data = vectors(ROWS).rename(head="vector").assign_coords(vector=["mean", "max", "min"])
+    v = AggregatePlot(data=data)  # no aggregate: the mean over the rows
+    line = series(rendered(v)[1])["line"].data_source.data
+    np.testing.assert_allclose(line["min"], [0, 0, 0, 0.1])
+    np.testing.assert_allclose(line["attention"], ROWS.mean(axis=0), rtol=1e-6)
+
+
+def test_readable_tokens_title_and_the_wheel_scrolls_the_page():
+    v = AggregatePlot()
+    v.param.update(data=vectors(ROWS, ["<s>", "ĠHel", "lo", "Ċ"]), aggregate=aggregate(AGGREGATE))
+    _, fig = rendered(v)
+    assert fig.xaxis[0].formatter.args["labels"] == ["<s>", "·Hel", "lo", "↵"]
+    line = series(fig)["line"].data_source.data
+    assert list(line["token_text"]) == ["<s>", "·Hel (raw: ĠHel)", "lo", "↵ (raw: Ċ)"]
+    assert fig.title.text == "mean"  # the line's long name without a title
+    v.title = "doc 1 · layer 2 · mean over heads · attention received"
+    assert fig.title.text == "doc 1 · layer 2 · mean over heads · attention received"
+    assert any(isinstance(t, WheelZoomTool) for t in fig.toolbar.tools) and fig.toolbar.active_scroll is None
+    v.max_labels = 2  # more tokens than labels: position ticks, labels when zoomed in
+    assert type(fig.xaxis[0].ticker).__name__ == "BasicTicker"
