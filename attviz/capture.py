@@ -6,11 +6,17 @@ aggregations and head summaries are reduced per document on the device, and the 
 host through pinned buffers on a side stream, so the copy overlaps the next batch's forward pass.
 On the CPU the same code runs without copies. The writer thread turns the results into numpy with
 :func:`materialize`, which waits for the copy of exactly what it needs.
+
+Capture plugins (:mod:`attviz.captures`) ride along: :meth:`Capture.plugin_hooks` attaches them
+around the forward pass and :meth:`Capture.plugin_arrays` collects their per-document arrays the
+same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,8 +85,16 @@ class Capture:
         policy: StoragePolicy | None = None,
         quantize_on_device: bool = False,
         four_d_mask: bool | None = None,
+        plugins: Mapping[str, Any] | None = None,
+        strict: bool = True,
     ):
+        """``plugins``: ``{id: ModelCapture}`` to run (see :func:`attviz.captures.resolve`); ``strict``:
+        a failing plugin stops the extraction (else it is left out for the rest of the job, with its
+        error in :attr:`skipped`)."""
         self.policy = policy or StoragePolicy()
+        self.plugins: dict[str, Any] = dict(plugins or {})
+        self.strict = strict
+        self.skipped: dict[str, str] = {}
         self.quantize_on_device = quantize_on_device
         self.four_d_mask = four_d_mask
         self.causal: bool | None = None  # whether the first multi-token document's attention is causal
@@ -102,6 +116,77 @@ class Capture:
             and model_type in PLAIN_MASK_MODELS
             and self.causal is False
         )
+
+    # -- capture plugins ---------------------------------------------------------------------------
+    def _failed(self, name: str, step: str, exc: BaseException) -> None:
+        from attviz.errors import AttvizError
+        from attviz.registry import PluginWarning
+
+        reason = f"{step} failed: {type(exc).__name__}: {exc}"
+        if self.strict:
+            raise AttvizError(f"capture {name!r}: {reason}") from exc
+        self.plugins.pop(name, None)
+        self.skipped[name] = reason
+        warnings.warn(f"attviz capture {name!r} left out: {reason}", PluginWarning, stacklevel=3)
+
+    @contextlib.contextmanager
+    def plugin_hooks(self, loaded: Any) -> Iterator[None]:
+        """Every capture plugin attached (its forward hooks registered) for one forward pass."""
+        tried = []
+        try:
+            for name, plugin in list(self.plugins.items()):
+                tried.append((name, plugin))
+                try:
+                    plugin.attach(loaded)
+                except Exception as exc:
+                    self._failed(name, "attach", exc)
+            yield
+        finally:
+            failed = []
+            for name, plugin in tried:
+                try:
+                    plugin.detach()
+                except Exception as exc:  # detach the others first: never leave the model hooked
+                    failed.append((name, exc))
+            for name, exc in failed:
+                self._failed(name, "detach", exc)
+
+    def plugin_arrays(
+        self, loaded: Any, outputs: Any, input_ids: torch.Tensor, mask: torch.Tensor, lengths: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        """``[{capture_<id>: host value}]`` per document: each plugin's ``collect`` for the batch, cut
+        to each document's tokens and copied to the host like the attention."""
+        from attviz.captures.base import CaptureBatch, token_axes
+
+        out: list[dict[str, Any]] = [{} for _ in lengths]
+        if not self.plugins:
+            return out
+        batch = CaptureBatch(loaded, outputs, input_ids, mask, list(lengths))
+        stream = self.stream(input_ids.device)
+        for name, plugin in list(self.plugins.items()):
+            try:
+                values = torch.as_tensor(plugin.collect(batch)).detach()
+                dims = tuple(plugin.dims)
+                if values.ndim != len(dims) + 1 or values.shape[0] != len(lengths):
+                    raise ValueError(
+                        f"collect() gave shape {tuple(values.shape)}; expected (batch={len(lengths)}, *{dims})"
+                    )
+                axes = [a + 1 for a in token_axes(dims)]
+                width = max(lengths)
+                short = [a for a in axes if values.shape[a] < width]
+                if short:
+                    raise ValueError(f"collect() gave {values.shape[short[0]]} tokens on a token axis; need {width}")
+                copy = HostCopy(values.float(), stream)
+                for b, n in enumerate(lengths):
+                    index = tuple(
+                        b if a == 0 else slice(0, n) if a in axes else slice(None) for a in range(values.ndim)
+                    )
+                    out[b][plugin.kind] = Slice(copy, index)
+            except Exception as exc:
+                self._failed(name, "collect", exc)
+                for kept in out:
+                    kept.pop(plugin.kind, None)
+        return out
 
     def stream(self, device: torch.device) -> Any:
         if device.type != "cuda":

@@ -67,6 +67,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep no matrices (only --vectors / --summary); the explorer recomputes a document on demand",
     )
+    p.add_argument(
+        "--capture",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="also run this capture plugin and store what it records per document, e.g. value_norm "
+        "(attviz-valuenorm); parameters after ':'; repeatable or comma-separated; `attviz plugins` lists them",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing store / unfinished job")
     p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
@@ -121,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "plugins",
-        help="list aggregation, view and reader plugins",
+        help="list aggregation, view, reader and capture plugins",
         description="Every plugin with its group, name, distribution and status.",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -202,6 +210,7 @@ def _extract(args: argparse.Namespace) -> int:
         policy=policy,
         progress=not args.quiet,
         force=args.force,
+        captures=[spec for text in args.capture or () for spec in _split_specs(text)] or None,
     )
     if not args.quiet:
         print(f"wrote {len(corpus)} documents to {args.output}", file=sys.stderr)

@@ -9,7 +9,12 @@ A document's attention is an :class:`xarray.DataArray` per *kind*:
   AttViz format stores only these);
 - ``"<kind>_vectors"`` (e.g. ``"self_vectors"``): token-level aggregations kept by a storage policy,
   dims ``("vector", "layer", "head", "token")``, and ``"<kind>_summary"``: per-head statistics,
-  dims ``("layer", "head", "statistic")`` (see :mod:`attviz.policy`).
+  dims ``("layer", "head", "statistic")`` (see :mod:`attviz.policy`);
+- ``"capture_<id>"`` (e.g. ``"capture_value_norm"``): what a capture plugin recorded from the model
+  during extraction (see :mod:`attviz.captures`), with the dims the plugin declares; its token dims
+  index the source tokens. When its dims are among a matrix's, :meth:`Document.get` attaches it to
+  that matrix as the coordinate ``<id>`` (so ``doc.attention.isel(layer=2, head=0)`` carries a
+  ``value_norm`` coordinate along ``key``).
 
 Every token dimension ``d`` (``query``, ``key``, ``token``) carries the integer position as its index
 and the non-dimension coordinates ``d_text`` (token string), ``d_word`` (word index, -1 for special
@@ -34,6 +39,8 @@ import xarray as xr
 TOKEN_FIELDS = ("text", "word", "start", "end", "special")
 VECTORS = "_vectors"  # suffix of a kind's stored token-level aggregations (a storage policy's)
 SUMMARY = "_summary"  # suffix of a kind's stored head statistics
+CAPTURE = "capture_"  # prefix of the arrays a capture plugin records (see attviz.captures)
+TOKEN_DIMS = ("query", "key", "token")
 VECTOR_DIMS = ("vector", "layer", "head", "token")
 SUMMARY_DIMS = ("layer", "head", "statistic")
 MATRIX_KINDS = ("self", "encoder", "decoder", "cross")
@@ -177,11 +184,80 @@ def summary_array(
     )
 
 
+def capture_array(
+    values: Any,
+    dims: Sequence[str],
+    tokens: pd.DataFrame | None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    name: str = "capture",
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Wrap what a capture plugin recorded for one document (dims as the plugin declares them).
+
+    Token dims (``query``, ``key``, ``token``) get the source ``tokens``' coordinates, ``layer`` and
+    ``head`` their positions (or ``layers``/``heads``), any other dim its positions.
+    """
+    dims = tuple(dims)
+    if np.ndim(values) != len(dims):
+        raise ValueError(f"captured values of shape {tuple(np.shape(values))} do not have the dims {dims}")
+    coords: dict[str, Any] = {}
+    for dim, size in zip(dims, np.shape(values), strict=True):
+        if dim in TOKEN_DIMS:
+            if tokens is None or len(tokens) != size:
+                raise ValueError(
+                    f"captured {dim} axis of {size} does not match {0 if tokens is None else len(tokens)} tokens"
+                )
+            coords.update(token_coords(tokens, dim))
+        elif dim == "layer" and layers is not None:
+            coords[dim] = np.asarray(layers, dtype=np.int32)
+        elif dim == "head" and heads is not None:
+            coords[dim] = np.asarray(heads, dtype=np.int32)
+        else:
+            coords[dim] = np.arange(size, dtype=np.int32)
+    return xr.DataArray(values, dims=dims, coords=coords, name=name, attrs=dict(attrs or {}))
+
+
+def attach_capture(array: xr.DataArray, captured: xr.DataArray, kind: str) -> xr.DataArray:
+    """``array`` (a matrix of ``kind``) with ``captured`` as the coordinate named by its capture id.
+
+    Only when the capture says it attaches to ``kind`` (attr ``attach``), its dims are among the
+    array's, its layers and heads cover the array's (a policy may keep fewer matrices) and its token
+    axes have the array's length; otherwise ``array`` is returned as it is. The coordinate carries
+    the attr ``attviz_capture`` (writers leave it out: the capture is stored once, as its own array).
+    """
+    name = str(captured.attrs.get("capture") or "")
+    attach = captured.attrs.get("attach", "")
+    kinds = [k.strip() for k in attach.split(",")] if isinstance(attach, str) else [str(k) for k in attach]
+    if not name or kind not in kinds or not set(captured.dims) <= set(array.dims):
+        return array
+    if name in array.coords and "attviz_capture" not in array.coords[name].attrs:
+        return array  # never replace a coordinate of the array's own
+    selection: dict[str, Any] = {}
+    for dim in captured.dims:
+        if dim in ("layer", "head"):
+            wanted = np.asarray(array[dim].values)
+            if not np.isin(wanted, np.asarray(captured[dim].values)).all():
+                return array
+            selection[dim] = wanted
+        elif captured.sizes[dim] != array.sizes[dim]:
+            return array
+    aligned = captured.sel(selection) if selection else captured
+    aligned = aligned.transpose(*(d for d in array.dims if d in captured.dims))
+    attrs = {k: captured.attrs[k] for k in ("long_name", "units") if k in captured.attrs}
+    variable = xr.Variable(aligned.dims, np.asarray(aligned.values), attrs={**attrs, "attviz_capture": name})
+    return array.assign_coords({name: variable})
+
+
 def kind_role(kind: str) -> tuple[str, str]:
     """``(role, matrix kind)``: ``matrix``, ``vectors`` (a policy's token-level aggregations),
-    ``summary`` (its head statistics) or ``legacy`` (AttViz ``(vector, token)`` data)."""
+    ``summary`` (its head statistics), ``capture`` (a capture plugin's array; then the plugin's id
+    instead of a matrix kind) or ``legacy`` (AttViz ``(vector, token)`` data)."""
     if kind in KIND_STREAMS:
         return "matrix", kind
+    if kind.startswith(CAPTURE) and len(kind) > len(CAPTURE):
+        return "capture", kind[len(CAPTURE) :]
     for role, suffix in (("vectors", VECTORS), ("summary", SUMMARY)):
         if kind.endswith(suffix) and kind[: -len(suffix)] in KIND_STREAMS:
             return role, kind[: -len(suffix)]
@@ -227,8 +303,18 @@ class Document:
             raise KeyError(f"document {self.id!r} has no {kind!r} array (it has {self.kinds})")
         if kind not in self._loaded:
             value = self.arrays[kind]
-            self._loaded[kind] = value() if callable(value) else value
+            array = value() if callable(value) else value
+            if kind in KIND_STREAMS:  # a matrix: with what capture plugins recorded, as coordinates
+                for other in self.arrays:
+                    if kind_role(other)[0] == "capture":
+                        array = attach_capture(array, self.get(other), kind)
+            self._loaded[kind] = array
         return self._loaded[kind]
+
+    @property
+    def captures(self) -> list[str]:
+        """The ids of the capture plugins whose data this document holds (arrays ``capture_<id>``)."""
+        return [kind_role(kind)[1] for kind in self.arrays if kind_role(kind)[0] == "capture"]
 
     @property
     def attention(self) -> xr.DataArray:
@@ -255,7 +341,7 @@ class Document:
         """Token table of a stream (``"source"`` or ``"target"``): text, word, start, end, special."""
         for kind, _array in self.arrays.items():
             role, base = kind_role(kind)
-            if role == "summary":
+            if role in ("summary", "capture"):
                 continue
             if role in ("legacy", "vectors") and stream == KIND_STREAMS.get(base, ("source",))[0]:
                 return tokens_of(self.get(kind), "token")

@@ -1,6 +1,6 @@
 """Plugin discovery through Python entry points, with error isolation.
 
-Three groups: ``attviz.aggregations``, ``attviz.views`` and ``attviz.readers``. A plugin's id is its
+Four groups: ``attviz.aggregations``, ``attviz.views``, ``attviz.readers`` and ``attviz.captures``. A plugin's id is its
 entry-point name. attviz's own built-ins are registered in its ``pyproject.toml`` like any other
 distribution's. Discovery is lazy and cached (:func:`refresh` clears it); a plugin that fails to
 import, is malformed, or collides with another's name is reported (warning + :func:`problems`) and
@@ -25,6 +25,7 @@ GROUPS = {
     "aggregations": "attviz.aggregations",
     "views": "attviz.views",
     "readers": "attviz.readers",
+    "captures": "attviz.captures",
 }
 
 
@@ -77,6 +78,7 @@ def _validator(group: str) -> Callable[[Any], None] | None:
             "attviz.readers": "attviz.readers.base",
             "attviz.aggregations": "attviz.aggregations.base",
             "attviz.views": "attviz.views.base",
+            "attviz.captures": "attviz.captures.base",
         }.get(group)
         if base:
             with contextlib.suppress(ImportError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,15 +46,18 @@ class Sink:
     done: set[int]
     label_names: Sequence[str] = ()
     policy: StoragePolicy = StoragePolicy()
+    #: Store attrs of the arrays capture plugins add, by kind (``capture_<id>``; set by extract).
+    extra_attrs: Mapping[str, Mapping[str, Any]] = {}
 
     def host_arrays(self, arrays: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """A document's arrays as numpy (waiting for their device copies) and their store attrs."""
         cache = self.__dict__.setdefault("_attrs", {})  # the same for every document of a job
         attrs: dict[str, dict[str, Any]] = {}
-        for base in {kind_role(kind)[1] for kind in arrays}:
+        for base in {kind_role(kind)[1] for kind in arrays if kind_role(kind)[0] != "capture"}:
             if base not in cache:
                 cache[base] = array_attrs(self.policy, base)
             attrs.update(cache[base])
+        attrs.update(self.extra_attrs)
         return {k: materialize(v) for k, v in arrays.items()}, {k: attrs.get(k, {}) for k in arrays}
 
     def write_batch(self, results: list) -> None: ...

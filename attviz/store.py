@@ -7,6 +7,7 @@ Layout (zarr format 3)::
       tokens/                   every token of every document, an xarray Dataset along ``row``
       docs/d000000/self         float16 (layer, head, query, key), one chunk per layer
       docs/d000000/vectors      float32 (vector, token) for vector-only (legacy) data
+      docs/d000000/capture_ID   float32, what capture plugin ID recorded (dims in its attrs["dims"])
 
 With ``compression="uint8"`` a matrix is stored as uint8 ``self`` plus float32 ``self_scale``
 (layer, head, query): value ≈ q × scale, scale = row max / 255 (max abs error scale / 2 ≤ 1/510 for
@@ -40,11 +41,13 @@ import zarr
 from attviz.corpus import (
     KIND_STREAMS,
     SUMMARY_DIMS,
+    TOKEN_DIMS,
     TOKEN_FIELDS,
     VECTOR_DIMS,
     Corpus,
     Document,
     attention_array,
+    capture_array,
     document_from_table,
     kind_role,
     summary_array,
@@ -266,7 +269,8 @@ class StoreWriter:
             role, _ = kind_role(kind)
             if role != "matrix":
                 values = np.asarray(values, dtype=np.float32)
-                self._array(directory / kind, values, _DIMS[role], attrs, per_first=False)
+                dims = _DIMS.get(role) or tuple(attrs["dims"])  # a capture's dims are the plugin's
+                self._array(directory / kind, values, dims, attrs, per_first=False)
                 continue
             if self.compression == "uint8":
                 quantized = values if isinstance(values, Quantized) else quantize_rows(values)
@@ -426,10 +430,13 @@ def document_payload(doc: Document):
         if role == "legacy":
             attrs[kind] = {"vector": [str(v) for v in array["vector"].values]}
             tokens["source"] = tokens_of(array, "token")
-        elif role in ("vectors", "summary"):
+        elif role in ("vectors", "summary", "capture"):
             attrs[kind] = stored_attrs(array)
             if role == "vectors":
                 tokens[KIND_STREAMS[base][0]] = tokens_of(array, "token")
+            elif role == "capture":  # its token dims index the source tokens
+                for dim in (d for d in array.dims if d in TOKEN_DIMS):
+                    tokens.setdefault("source", tokens_of(array, dim))
         else:
             attrs[kind] = {
                 "layer": [int(v) for v in array["layer"].values],
@@ -442,10 +449,14 @@ def document_payload(doc: Document):
 
 
 def stored_attrs(array: xr.DataArray) -> dict[str, Any]:
-    """The attrs a store keeps for a policy's ``<kind>_vectors`` / ``<kind>_summary`` array (its labels)."""
+    """The attrs a store keeps for a policy's ``<kind>_vectors`` / ``<kind>_summary`` array (its labels),
+    or a capture plugin's ``capture_<id>`` array (its dims and every attr)."""
     names = ("vector", "vector_long_name", "vector_units", "statistic", "statistic_units", "layer", "head")
     out: dict[str, Any] = {n: array[n].values.tolist() for n in names if n in array.coords}
-    for key in ("long_name", "units"):
+    captured = "capture" in array.attrs
+    if captured:
+        out["dims"] = [str(d) for d in array.dims]
+    for key in array.attrs if captured else ("long_name", "units"):
         if key in array.attrs:
             out[f"array_{key}"] = array.attrs[key]
     return out
@@ -467,7 +478,11 @@ def stored_array(
         query_stream, key_stream = KIND_STREAMS[kind]
         name = kind if kind != "self" else "attention"
         return attention_array(values, tokens(query_stream), tokens(key_stream), name=name, **where)
-    if role == "vectors":
+    if role == "capture":
+        dims = attrs["dims"]
+        source = tokens("source") if set(dims) & {"query", "key", "token"} else None
+        array = capture_array(values, dims, source, name=kind, **where)
+    elif role == "vectors":
         array = token_vectors_array(
             values,
             tokens(KIND_STREAMS[base][0]),
@@ -556,7 +571,7 @@ class _StoreLoader:
                 if encoding.get("name") != UINT8:
                     raise StoreError(f"{self.path}: unknown matrix encoding {encoding.get('name')!r}; upgrade attviz")
                 values = dequantize_rows(values, da.from_zarr(self.root[f"docs/{group}/{encoding['scale']}"]))
-            if kind_role(kind)[0] in ("vectors", "summary"):  # small: read at once
+            if kind_role(kind)[0] in ("vectors", "summary", "capture"):  # small: read at once
                 values = np.asarray(array[...])
             return stored_array(kind, values, attrs, lambda stream: self.token_table(i, stream))
 

@@ -29,6 +29,7 @@ from xarray.backends import H5NetCDFStore
 from attviz.atomic import atomic_path
 from attviz.corpus import (
     KIND_STREAMS,
+    TOKEN_DIMS,
     TOKEN_FIELDS,
     Corpus,
     Document,
@@ -67,6 +68,8 @@ def _encode(array: xr.DataArray, kind: str) -> xr.Dataset:
     """A document's DataArray as a netCDF-ready Dataset (loaded, booleans as int8)."""
     coords = {}
     for name, coord in array.coords.items():
+        if "attviz_capture" in coord.attrs:  # a capture attached to a matrix: written once, as its own group
+            continue
         values = np.asarray(coord.values)
         attrs = dict(coord.attrs)
         if values.dtype == bool:
@@ -84,7 +87,7 @@ def _token_tables(doc: Document) -> dict[str, Any]:
     streams = set()
     for kind in doc.kinds:
         role, base = kind_role(kind)
-        if role != "summary":
+        if role not in ("summary", "capture"):  # a capture's tokens are the source tokens of another kind
             streams.update(("source",) if role == "legacy" else KIND_STREAMS[base])
     return {stream: doc.token_table(stream) for stream in streams}
 
@@ -166,6 +169,10 @@ def _decode(dataset: xr.Dataset, kind: str) -> xr.DataArray:
     if role == "legacy":
         names = [str(v) for v in array["vector"].values]
         result = vector_array(values, _frame(array, "token"), names)
+    elif role == "capture":
+        token_dims = [d for d in array.dims if d in TOKEN_DIMS]
+        source = (lambda _: _frame(array, token_dims[0])) if token_dims else None
+        result = stored_array(kind, values, stored_attrs(array), source)
     elif role != "matrix":
         result = stored_array(kind, values, stored_attrs(array), lambda _: _frame(array, "token"))
     else:
