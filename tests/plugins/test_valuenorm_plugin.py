@@ -52,7 +52,11 @@ DISCOVER = textwrap.dedent(
 def test_attviz_discovers_and_runs_the_plugin_only_through_its_entry_points(valuenorm_dist):
     assert valuenorm_dist.metadata["Name"] == "attviz-valuenorm"
     names = {(ep.group, ep.name) for ep in valuenorm_dist.entry_points}
-    assert names == {("attviz.aggregations", "value_norm"), ("attviz.views", "value_norm_bars")}
+    assert names == {
+        ("attviz.aggregations", "value_norm"),
+        ("attviz.views", "value_norm_bars"),
+        ("attviz.captures", "value_norm"),
+    }
     run = subprocess.run([sys.executable, "-c", DISCOVER], capture_output=True, text=True, check=True)
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert found["imported_before_discovery"] is False  # attviz never imports the plugin itself

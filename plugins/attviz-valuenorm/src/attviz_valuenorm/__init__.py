@@ -8,13 +8,17 @@ plugin adds
   read from a BERT-family model with forward hooks;
 - the aggregation ``value_norm`` (:class:`~attviz_valuenorm.aggregation.ValueNorm`): ||α_ij f(x_j)||;
 - the view ``value_norm_bars`` (:class:`~attviz_valuenorm.view.ValueNormBars`): α vs ||αf(x)|| for
-  one query token.
+  one query token;
+- the capture ``value_norm`` (:class:`~attviz_valuenorm.capture.ValueNormCapture`): records
+  ||f(x_j)|| with every document attviz extracts (``attviz extract --capture value_norm``, and the
+  explorer's live input), so stored documents' attention carries its ``value_norm`` coordinate.
 
-attviz finds the aggregation and the view through their entry points; nothing in attviz imports
-this package.
+attviz finds the aggregation, the view and the capture through their entry points; nothing in attviz
+imports this package.
 """
 
 from attviz_valuenorm.aggregation import ValueNorm
+from attviz_valuenorm.capture import ValueNormCapture
 from attviz_valuenorm.hooks import (
     REFERENCE,
     UnsupportedModelError,
@@ -29,6 +33,7 @@ __all__ = [
     "REFERENCE",
     "UnsupportedModelError",
     "ValueNorm",
+    "ValueNormCapture",
     "__version__",
     "attention_with_value_norms",
     "value_norms",

@@ -17,11 +17,12 @@ class ValueNorm(Aggregation):
     Reference: Kobayashi et al. 2020 (EMNLP), https://arxiv.org/abs/2004.10102. The norms
     ||f(x_j)|| per (layer, head, key) depend on the model, not only on the attention, so they come
     with the data: either the ``norms`` parameter (from :func:`attviz_valuenorm.value_norms`) or,
-    by default, the input's ``value_norm`` coordinate (from
-    :func:`attviz_valuenorm.attention_with_value_norms` or :func:`attviz_valuenorm.with_value_norms`),
-    which travels through selections so the aggregation stays a pure function of its input.
+    by default, the input's ``value_norm`` coordinate (the attention of a document extracted with
+    the ``value_norm`` capture, or from :func:`attviz_valuenorm.attention_with_value_norms` or
+    :func:`attviz_valuenorm.with_value_norms`), which travels through selections so the aggregation
+    stays a pure function of its input.
 
-    >>> attention = attention_with_value_norms(model, tokenizer, "The cat sat on the mat.")
+    >>> attention = attviz.extract(["The cat sat on the mat."], captures=["value_norm"])[0].attention
     >>> weighted = attviz.aggregations.get("value_norm")(attention)
     """
 
@@ -50,8 +51,9 @@ class ValueNorm(Aggregation):
             array = with_value_norms(array, self.norms)
         elif "value_norm" not in array.coords:
             raise ValueError(
-                "value_norm needs the value-vector norms: pass norms=value_norms(model, tokenizer, text) or "
-                "give it attention_with_value_norms(model, tokenizer, text)"
+                "value_norm needs the value-vector norms: give it the attention of a document extracted with "
+                "the value_norm capture (attviz extract --capture value_norm), or attention_with_value_norms("
+                "model, tokenizer, text), or pass norms=value_norms(model, tokenizer, text)"
             )
         norms = array.coords["value_norm"].variable
         weighted = (as_float(array) * norms).drop_vars("value_norm")

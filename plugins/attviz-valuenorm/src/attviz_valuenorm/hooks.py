@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from attviz.captures import UnsupportedModel
 from attviz.corpus import attention_array, token_coords, tokens_of
-from attviz.errors import AttvizError
 from attviz.models import LoadedModel, prepare_model
 from attviz.tokenization import tokenize
 
@@ -30,8 +30,11 @@ REFERENCE = (
 )
 
 
-class UnsupportedModelError(AttvizError):
-    """The model is not BERT-like: no ``encoder.layer[i].attention.self.value`` to hook."""
+class UnsupportedModelError(UnsupportedModel):
+    """The model is not BERT-like: no ``encoder.layer[i].attention.self.value`` to hook.
+
+    An :class:`attviz.captures.UnsupportedModel`: the ``value_norm`` capture's check raises it, so
+    attviz reports the reason (an error for ``--capture value_norm``, a note for live input)."""
 
 
 def bert_attention_modules(model: Any) -> list[tuple[torch.nn.Module, torch.nn.Linear]]:
@@ -51,15 +54,15 @@ def bert_attention_modules(model: Any) -> list[tuple[torch.nn.Module, torch.nn.L
 
 
 def transformed_norms(values: torch.Tensor, output_weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """||f_h(x_j)|| of shape (head, key) from ``values`` = x W_V + b_V (key, hidden) and W_O.
+    """||f_h(x_j)|| of shape (..., head, key) from ``values`` = x W_V + b_V (..., key, hidden) and W_O.
 
     ``output_weight`` is ``attention.output.dense.weight`` (out, hidden): torch computes y = v W^T,
-    so head h's W_O^h is ``W[:, h*d:(h+1)*d]^T``.
+    so head h's W_O^h is ``W[:, h*d:(h+1)*d]^T``. Leading dims (a batch) pass through.
     """
-    keys, hidden = values.shape
-    per_head = values.reshape(keys, heads, hidden // heads)
+    *lead, keys, hidden = values.shape
+    per_head = values.reshape(*lead, keys, heads, hidden // heads)
     w = output_weight.reshape(output_weight.shape[0], heads, hidden // heads)
-    transformed = torch.einsum("khd,ohd->hko", per_head.float(), w.float())
+    transformed = torch.einsum("...khd,ohd->...hko", per_head.float(), w.float())
     return torch.linalg.vector_norm(transformed, dim=-1)
 
 

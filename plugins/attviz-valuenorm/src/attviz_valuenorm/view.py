@@ -11,9 +11,15 @@ import panel as pn
 import param
 import xarray as xr
 
-from attviz.views.base import View
+from attviz.views.base import View, fits
 
 MEASURES = {"alpha": "attention α", "weighted": "||αf(x)||"}
+CAPTURE = "capture_value_norm"  # the document array the value_norm capture fills
+HOW_TO_RECORD = (
+    "Value norms are recorded from the model when a document is extracted: `attviz extract --capture "
+    "value_norm` or `attviz.extract(..., captures=['value_norm'])`, and automatically for the explorer's "
+    "live input. Only BERT-family models (BERT, RoBERTa, ELECTRA, MiniLM, ...) are supported."
+)
 
 
 class ValueNormBars(View):
@@ -22,12 +28,17 @@ class ValueNormBars(View):
     Reference: Kobayashi et al. 2020, https://arxiv.org/abs/2004.10102 (their Fig. 1 contrast:
     tokens with large α but small ||f(x)||, such as [CLS] and [SEP], contribute little). ``data`` is
     one head's (query, key) matrix carrying the ``value_norm`` coordinate (dim key), e.g.
-    ``attention_with_value_norms(...).sel(layer=2, head=0)``; both rows are normalised to sum 1.
+    ``doc.attention.isel(layer=2, head=0)`` of a document extracted with the ``value_norm`` capture,
+    or ``attention_with_value_norms(...).sel(layer=2, head=0)``; both rows are normalised to sum 1.
     The x axis is the key position (so repeated tokens stay apart), labelled with the token text.
+
+    Given the document instead (the explorer does that when its matrix has no value norms), the
+    view says what is missing: "selected head" (norms are per head, a mean over heads has none) or
+    a document extracted with the capture.
     """
 
     description = "Attention α vs norm-weighted ||αf(x)|| per key token (Kobayashi et al. 2020)"
-    requires = ("matrix",)
+    requires = ("matrix", "document")
 
     norms = param.ClassSelector(
         class_=xr.DataArray, default=None, allow_None=True, doc="||f(x)|| per key (dim key); None: data's value_norm."
@@ -35,12 +46,40 @@ class ValueNormBars(View):
 
     @classmethod
     def can_show(cls, data: Any) -> bool:
-        """A (query, key) matrix with a ``value_norm`` coordinate along ``key``."""
-        return super().can_show(data) and "value_norm" in data.coords and data.coords["value_norm"].dims == ("key",)
+        """A (query, key) matrix with a ``value_norm`` coordinate along ``key``; or a document, to say
+        what it lacks (see :meth:`message`)."""
+        if fits("matrix", data):
+            return "value_norm" in data.coords and data.coords["value_norm"].dims == ("key",)
+        return fits("document", data)
+
+    def _matrix(self) -> xr.DataArray | None:
+        return self.data if isinstance(self.data, xr.DataArray) else None
+
+    def message(self) -> str:
+        """Why there are no bars ("" when there are)."""
+        data = self.data
+        if isinstance(data, xr.DataArray) and (self.norms is not None or type(self).can_show(data)):
+            return ""
+        if data is None:
+            return "No document: open one, or give a (query, key) matrix with value norms."
+        if isinstance(data, xr.DataArray):
+            return (
+                "This matrix has no value norms along its keys: give one head's (query, key) matrix of "
+                "attention that carries the value_norm coordinate. " + HOW_TO_RECORD
+            )
+        has_norms = CAPTURE in getattr(data, "kinds", ()) or any(
+            "value_norm" in data.get(kind).coords for kind in ("self", "encoder") if kind in data.kinds
+        )
+        if has_norms:
+            return (
+                "Value norms are per head: choose **selected head** under *Combine heads* (a combination "
+                "of heads has none), and a transform that keeps every token (none or drop special tokens)."
+            )
+        return f"Document {data.id!r} has no value norms. " + HOW_TO_RECORD
 
     def frame(self) -> pd.DataFrame:
         """``position``, ``token``, ``alpha`` and ``weighted`` (each summing to 1) of the selected query."""
-        if self.data is None:
+        if self._matrix() is None or self.message():
             return pd.DataFrame({"position": [], "token": [], "alpha": [], "weighted": []})
         data = self.data.transpose("query", "key")
         row = data.isel(query=0) if self.selected_token is None else data.sel(query=self.selected_token)
@@ -69,8 +108,8 @@ class ValueNormBars(View):
             )
             for (column, label), width, alpha in zip(MEASURES.items(), (0.8, 0.4), (0.35, 0.9), strict=True)
         ]
-        if self.data is None:
-            query = "no data: needs a matrix with value norms (attviz_valuenorm.attention_with_value_norms)"
+        if frame.empty:
+            query = "no query: no value norms (see the note above)"
         else:
             query = "first query" if self.selected_token is None else f"query {self.selected_token}"
         return hv.Overlay(bars).opts(
@@ -84,8 +123,19 @@ class ValueNormBars(View):
             hv.opts.Overlay(title=f"α vs ||αf(x)|| from {query}", legend_position="top_right"),
         )
 
+    @param.depends("data", "norms")
+    def _notice(self) -> pn.viewable.Viewable:
+        message = self.message()
+        if not message:
+            return pn.Spacer(height=0)
+        return pn.pane.Alert(message, alert_type="info", sizing_mode="stretch_width")
+
     def __panel__(self) -> pn.viewable.Viewable:
-        return pn.pane.HoloViews(hv.DynamicMap(self.plot), sizing_mode="stretch_width")
+        return pn.Column(
+            self._notice,
+            pn.pane.HoloViews(hv.DynamicMap(self.plot), sizing_mode="stretch_width"),
+            sizing_mode="stretch_width",
+        )
 
 
 def _share(values: np.ndarray) -> np.ndarray:
