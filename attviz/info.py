@@ -38,6 +38,7 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         "heads": int(attrs.get("heads") or 0),
         "kinds": list(kinds),
         "model": attrs.get("model") or None,
+        "model_path": attrs.get("model_path") or None,
         "labels": corpus.label_names,
         "gold_labels": int(table["label"].notna().sum()) if len(table) else 0,
         "predictions": int(table["prediction"].notna().sum()) if len(table) else 0,
@@ -70,7 +71,7 @@ def format_summary(info: dict[str, Any]) -> str:
     lines = [
         f"documents   {info['documents']}",
         f"tokens      {info['tokens']} (per document min {per['min']}, mean {per['mean']}, max {per['max']})",
-        f"model       {info['model'] or '-'}",
+        f"model       {info['model'] or '-'}" + (f" ({info['model_path']})" if info.get("model_path") else ""),
         f"attention   {info['layers']} layers x {info['heads']} heads ({', '.join(info['kinds']) or '-'})",
         f"labels      {', '.join(info['labels']) or '-'}",
         f"gold labels {info['gold_labels']}, predictions {info['predictions']}",

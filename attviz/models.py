@@ -14,6 +14,8 @@ import torch
 from attviz.errors import AttentionUnavailableError, AttvizError
 
 BUNDLED_NAMES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "bundled"}
+#: The name a corpus records for the bundled model.
+BUNDLED_DISPLAY_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def bundled_model_path() -> Path:
@@ -31,6 +33,37 @@ def resolve_model_name(name_or_path: str | os.PathLike | None) -> str:
     return os.fspath(name_or_path)
 
 
+def model_display_name(name_or_path: str | os.PathLike | None) -> str:
+    """The name a corpus records for a model: the hub name of the bundled MiniLM, a local directory's
+    folder name (``./runs/my-model/`` → ``my-model``), else the name as given."""
+    path = resolve_model_name(name_or_path)
+    if Path(path) == bundled_model_path():
+        return BUNDLED_DISPLAY_NAME
+    if os.path.isdir(path):
+        return os.path.basename(os.path.abspath(path))
+    return path
+
+
+def local_model_path(name_or_path: str | os.PathLike | None) -> str | None:
+    """The absolute path of a local model directory (what loads it again from any working directory);
+    ``None`` for hub names and for the bundled model."""
+    if name_or_path is None:
+        return None
+    path = resolve_model_name(name_or_path)
+    if not os.path.isdir(path) or Path(path) == bundled_model_path():
+        return None
+    return os.path.abspath(path)
+
+
+def same_model(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    """Whether two model names or paths name the same model as a corpus records it (see
+    :func:`model_display_name`): ``minilm`` and ``sentence-transformers/all-MiniLM-L6-v2`` do, and so do
+    ``./my-model`` and ``my-model``. Empty names match nothing."""
+    if not a or not b:
+        return False
+    return model_display_name(a) == model_display_name(b)
+
+
 @dataclass
 class LoadedModel:
     """A model in eval mode with eager attention, its fast tokenizer, and what it is."""
@@ -41,6 +74,8 @@ class LoadedModel:
     encoder_decoder: bool
     label_names: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: Absolute path of the local directory it was loaded from (None: a hub name or the bundled model).
+    path: str | None = None
 
     @property
     def config(self) -> Any:
@@ -105,14 +140,18 @@ def load_model(
         kwargs["dtype"] = pick_dtype(dtype)
     model = auto.from_pretrained(path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    name = os.path.basename(path.rstrip("/")) if os.path.isdir(path) else path
-    if Path(path) == bundled_model_path():
-        name = "sentence-transformers/all-MiniLM-L6-v2"
-    return prepare_model(model, tokenizer, name=name, device=device)
+    loaded = prepare_model(model, tokenizer, name=model_display_name(path), device=device)
+    loaded.path = local_model_path(path)
+    return loaded
 
 
 def prepare_model(model: Any, tokenizer: Any, *, name: str | None = None, device: Any = "auto") -> LoadedModel:
-    """Check and set up an already-loaded model + tokenizer for extraction."""
+    """Check and set up an already-loaded model + tokenizer for extraction.
+
+    The result's ``path`` is the model's ``name_or_path`` when that is a local directory (as
+    ``from_pretrained("./my-model")`` leaves it), made absolute, so that a corpus records where to load
+    it again.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise AttvizError(
             f"{type(tokenizer).__name__} is a slow (Python) tokenizer; attviz needs a fast tokenizer "
@@ -142,6 +181,7 @@ def prepare_model(model: Any, tokenizer: Any, *, name: str | None = None, device
         encoder_decoder=bool(getattr(config, "is_encoder_decoder", False)),
         label_names=labels,
         device=target,
+        path=local_model_path(getattr(config, "name_or_path", None) or None),
     )
 
 
