@@ -22,6 +22,7 @@ import torch
 
 from attviz.aggregations.heads import STATISTICS
 from attviz.capture import Capture
+from attviz.captures.base import resolve as resolve_captures
 from attviz.corpus import Corpus
 from attviz.errors import AttvizError, InputError
 from attviz.models import (
@@ -69,6 +70,7 @@ def extract(
     max_new_tokens: int = 32,
     compression: str = "lz4",
     policy: StoragePolicy | None = None,
+    captures: str | Sequence[Any] | None = None,
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -101,6 +103,11 @@ def extract(
         only those (the explorer then recomputes a document's matrices on demand).
     force
         Write even when the estimated store size exceeds the free disk space.
+    captures
+        Capture plugins to run (:mod:`attviz.captures`), each storing per-document data it records
+        from the model (e.g. ``["value_norm"]``, parameters as ``"id:name=value"``); one that cannot run
+        on the model is an error. ``"auto"``: every installed one that supports the model (the others
+        are listed with the reason in ``corpus.attrs["captures_skipped"]``). Default: none.
     """
     loaded = _loaded(model, tokenizer, device, dtype)
     texts = _check_texts(texts)
@@ -118,6 +125,7 @@ def extract(
     if loaded.encoder_decoder:  # a kept layer must exist in the decoder too
         layers = min(layers, expected_layers(loaded.config, "decoder") or layers)
     policy.check(layers, heads)
+    plugins, skipped = resolve_captures(captures, loaded)
 
     units = tokenize(loaded, texts, ids, labels, max_length=max_length, long_texts=long_texts, stride=stride)
     if loaded.encoder_decoder:
@@ -131,6 +139,8 @@ def extract(
         "label_descriptions": dict(zip(predictor.labels, predictor.descriptions, strict=True)) if predictor else {},
         "policy": policy.settings(),
     }
+    if plugins:
+        settings["captures"] = [plugin.spec() for plugin in plugins.values()]
     attrs = _corpus_attrs(loaded, settings, predictor)
     attrs["storage_policy"] = policy.describe()
     estimate = estimate_bytes(loaded, units, policy)
@@ -152,9 +162,15 @@ def extract(
     )
     # on an accelerator, quantise before the copy (half the bytes over the bus); on the CPU the writer
     # thread does it, overlapping the next forward pass
-    capture = Capture(policy, quantize_on_device=compression == "uint8" and loaded.device.type != "cpu")
+    capture = Capture(
+        policy,
+        quantize_on_device=compression == "uint8" and loaded.device.type != "cpu",
+        plugins=plugins,
+        strict=captures != "auto",
+    )
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
+    sink.extra_attrs = {plugin.kind: plugin.stored_attrs() for plugin in plugins.values()}
     todo = [u for u in units if u.index not in sink.done]
     batches = make_batches(todo, batch_size)
     from tqdm.auto import tqdm
@@ -182,6 +198,9 @@ def extract(
         raise
     bar.close()
     attrs["causal"] = int(bool(capture.causal))
+    if plugins or skipped:
+        attrs["captures"] = list(capture.plugins)
+        attrs["captures_skipped"] = {**skipped, **capture.skipped}
     return sink.finish(attrs, units, label_names)
 
 
@@ -294,7 +313,7 @@ def run_batch(
         kwargs["decoder_input_ids"] = dec_ids
         if _padded([u.target_ids for u in batch]):
             kwargs["decoder_attention_mask"] = dec_mask
-    with torch.inference_mode():
+    with torch.inference_mode(), capture.plugin_hooks(loaded):
         out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
         config = loaded.config
         if loaded.encoder_decoder:
@@ -322,6 +341,8 @@ def run_batch(
                 capture.causal = not bool(torch.triu(attentions[0][0, :, :n, :n].float(), 1).any())
             for b, kept in enumerate(capture.kind(kind, attentions, sizes[kind], special)):
                 arrays[b].update(kept)
+        for b, kept in enumerate(capture.plugin_arrays(loaded, out, input_ids, mask, [n for n, _ in lengths])):
+            arrays[b].update(kept)
         probabilities = None
         if predictor is not None:
             probabilities = predictor(out.last_hidden_state, mask).cpu().numpy()

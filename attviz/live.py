@@ -24,7 +24,14 @@ class LiveModel:
 
     ``label_descriptions`` make zero-shot predictions (as for the demo corpus); a model with a
     classification head predicts with its head. The model is loaded on first use.
+
+    Live documents also get what every installed capture plugin that supports the model records
+    (:attr:`captures`, ``"auto"``; e.g. attviz-valuenorm's value norms for BERT-family models): set it
+    to ``None`` for none, or to a list of capture ids.
     """
+
+    #: Capture plugins run on live input (see :func:`attviz.extract`'s ``captures``).
+    captures: str | list[str] | None = "auto"
 
     def __init__(
         self,
@@ -120,6 +127,7 @@ class LiveModel:
                 label_descriptions=self.label_descriptions,
                 max_length=self.max_length,
                 progress=False,
+                captures=self.captures,
             )
 
 
