@@ -22,7 +22,7 @@ from panel.theme.fast import Fast
 
 from attviz import _compat
 from attviz.corpus import Corpus
-from attviz.explorer import Explorer, _as_corpora
+from attviz.explorer import Explorer, as_corpora
 from attviz.layout import ExplorerLayout
 from attviz.live import LiveModel
 
@@ -43,12 +43,24 @@ def _read_corpora(inputs: tuple[str, ...]) -> dict[str, Corpus]:
         from attviz.demo import demo_corpus
 
         return {"demo": demo_corpus()}
-    return _as_corpora(list(inputs))
+    return as_corpora(list(inputs))
 
 
-def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveModel:
-    """The process-wide live model: ``model``, else the model that made the first corpus."""
-    first = next(iter(corpora.values()), None)
+def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveModel | None:
+    """The process-wide live model: ``model`` (``--model``), else the model that made the first corpus
+    that records one; ``None`` when none does (legacy files, tensors): no model is loaded unasked.
+
+    Its extraction settings (zero-shot labels, max length) come from that corpus; with ``model``, from
+    the first corpus that ``model`` made, else the first corpus.
+    """
+    from attviz.models import same_model
+
+    recorded = [c for c in corpora.values() if c.attrs.get("model") or c.attrs.get("model_path")]
+    if model is not None:
+        recorded = [c for c in recorded if same_model(c.attrs.get("model"), model)]
+    first = recorded[0] if recorded else next(iter(corpora.values()), None)
+    if model is None and not recorded:
+        return None
     key = f"attviz-live:{model}:{id(first)}"
 
     def make() -> LiveModel:
@@ -98,7 +110,10 @@ def warm(inputs: Sequence[str] = (), model: str | None = None) -> None:
     """Read the corpora now and load the live model in the background, before the first visitor."""
     corpora = load_corpora(inputs)
     live = live_model(corpora, model)
-    threading.Thread(target=_try_load, args=(live,), daemon=True, name="attviz-model").start()
+    if live is None:
+        print("attviz serve: no corpus records its model: live input is off (pass --model to use one)", file=sys.stderr)
+    else:
+        threading.Thread(target=_try_load, args=(live,), daemon=True, name="attviz-model").start()
     threading.Thread(target=warm_rasterizer, daemon=True, name="attviz-datashader").start()
 
 
