@@ -79,11 +79,21 @@ def format_summary(info: dict[str, Any]) -> str:
     if info["accuracy"] is not None:
         lines.append(f"accuracy    {info['accuracy']:.1%}")
     if info.get("bytes_on_disk"):
-        ratio = info.get("compression_ratio")
-        extra = f" ({ratio:.2f}x smaller than raw float16)" if ratio else ""
+        extra = _ratio_note(info.get("compression_ratio"))
         lines.append(f"on disk     {info['bytes_on_disk'] / 1e6:.1f} MB{extra}")
     if info.get("storage_policy"):
         lines.append(f"keeps       {info['storage_policy']}")
     if info.get("matrix_encoding"):
         lines.append(f"matrices    {info['matrix_encoding']}")
     return "\n".join(lines)
+
+
+def _ratio_note(ratio: float | None) -> str:
+    """How the store's size compares with its matrices as raw float16, in honest words."""
+    if not ratio:
+        return ""
+    if ratio >= 1.005:  # shows as ≥ 1.01x
+        return f" ({ratio:.2f}x smaller than raw float16)"
+    if ratio > 1 / 1.005:
+        return " (about the size of raw float16)"
+    return f" ({1 / ratio:.2f}x larger than raw float16)"

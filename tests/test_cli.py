@@ -200,3 +200,46 @@ def test_extract_with_a_storage_policy_and_info(tmp_path, tiny_model_dir, capsys
     assert code == 1 and "layer 7 does not exist: the model has 2 layers" in err
     code, _, err = _run(capsys, *argv, "--overwrite")
     assert code == 1 and "keeps nothing" in err
+
+
+def test_info_says_larger_when_the_store_is_larger_than_raw_float16(tmp_path, tiny_model_dir, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("Hi.\nThe cat sat.\n", encoding="utf-8")  # tiny matrices: the metadata outweighs them
+    code, _, err = _run(capsys, "extract", source, "-o", tmp_path / "s.zarr", "--model", tiny_model_dir, "--quiet")
+    assert code == 0, err
+    code, out, _ = _run(capsys, "info", tmp_path / "s.zarr", "--json")
+    ratio = json.loads(out)["compression_ratio"]
+    assert 0 < ratio < 1
+    code, out, _ = _run(capsys, "info", tmp_path / "s.zarr")
+    assert f"({1 / ratio:.2f}x larger than raw float16)" in out and "smaller" not in out
+
+
+@pytest.mark.parametrize(
+    ("ratio", "line"),
+    [
+        (2.5, "on disk     2.0 MB (2.50x smaller than raw float16)"),
+        (0.79, "on disk     2.0 MB (1.27x larger than raw float16)"),
+        (0.25, "on disk     2.0 MB (4.00x larger than raw float16)"),
+        (1.0, "on disk     2.0 MB (about the size of raw float16)"),
+        (None, "on disk     2.0 MB"),
+    ],
+)
+def test_info_compares_the_size_with_raw_float16_honestly(ratio, line):
+    from attviz.info import format_summary
+
+    info = {
+        "documents": 1,
+        "tokens": 4,
+        "tokens_per_document": {"min": 4, "mean": 4.0, "max": 4},
+        "model": None,
+        "layers": 1,
+        "heads": 1,
+        "kinds": ["self"],
+        "labels": [],
+        "gold_labels": 0,
+        "predictions": 0,
+        "accuracy": None,
+        "bytes_on_disk": 2_000_000,
+        "compression_ratio": ratio,
+    }
+    assert line in format_summary(info).splitlines()
