@@ -30,10 +30,23 @@ TOKEN_DIMS = ("query", "key", "token")
 
 
 def word_units(word: np.ndarray, special: np.ndarray) -> np.ndarray:
-    """The merged-unit index of every token (consecutive tokens of one word share one)."""
+    """The merged-unit index of every token: consecutive tokens of one word (same word index ≥ 0) share one.
+
+    A special token is never merged, not even with a piece that carries the same word index (a
+    ``<s>`` stored with the first word's index stays apart from ``Hel``, ``lo``). The one definition
+    of a word for :class:`MergeWords` and the explorer's word-level text view.
+    """
+    word = np.asarray(word)
+    special = np.asarray(special, dtype=bool)
     new = np.ones(len(word), dtype=bool)
     new[1:] = (word[1:] != word[:-1]) | (word[1:] < 0) | special[1:] | special[:-1]
     return np.cumsum(new) - 1
+
+
+def word_starts(word: np.ndarray, special: np.ndarray) -> np.ndarray:
+    """The position of the first token of each unit of :func:`word_units` (for ``np.ufunc.reduceat``)."""
+    units = word_units(word, special)
+    return np.flatnonzero(np.r_[True, units[1:] != units[:-1]]) if len(units) else np.zeros(0, dtype=np.int64)
 
 
 def merged_tokens(tokens: pd.DataFrame, units: np.ndarray) -> pd.DataFrame:
@@ -67,7 +80,7 @@ def merge_dim(array: xr.DataArray, dim: str, how: str) -> xr.DataArray:
     """Merge the pieces along one token dim by ``how`` (``"sum"`` or ``"mean"``)."""
     tokens = tokens_of(array, dim)
     units = word_units(tokens["word"].to_numpy(), tokens["special"].to_numpy())
-    starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+    starts = word_starts(tokens["word"].to_numpy(), tokens["special"].to_numpy())
     counts = np.diff(np.r_[starts, len(units)]).astype(np.float32)
 
     def kernel(a: np.ndarray) -> np.ndarray:  # segment sums over the last axis

@@ -18,9 +18,17 @@ import panel as pn
 import param
 import xarray as xr
 
-from attviz import aggregations
 from attviz.views.base import View
-from attviz.views.common import TITLE_DOC, describe, hover_labels, page_scroll_hook, title_hook, token_labels
+from attviz.views.common import (
+    TITLE_DOC,
+    describe,
+    head_rows,
+    hover_labels,
+    over_heads,
+    page_scroll_hook,
+    title_hook,
+    token_labels,
+)
 from attviz.views.matrix import set_token_axis
 
 AGGREGATE_COLOR = "#F9822C"
@@ -39,17 +47,6 @@ def log_floor(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     positive = values[np.isfinite(values) & (values > 0)]
     return float(positive.min() / 10) if positive.size else 1e-6
-
-
-def head_rows(data: xr.DataArray) -> xr.DataArray:
-    """``data`` as ``(head, token)``: legacy AttViz vectors ``(vector, token)`` count as heads."""
-    row_dim = next(d for d in data.dims if d != "token")
-    return data.rename({row_dim: "head"}).transpose("head", "token") if row_dim != "head" else data
-
-
-def over_heads(name: str, rows: xr.DataArray) -> np.ndarray:
-    """The registered aggregation ``name`` (``min``, ``max``, ``mean``) over the heads of ``rows``, as float64."""
-    return np.asarray(aggregations.get(name, over="head")(rows).values, dtype=np.float64)
 
 
 def plot_frames(rows: xr.DataArray, aggregate: np.ndarray, texts: list[str], scale: str) -> dict[str, Any]:

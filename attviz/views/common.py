@@ -8,6 +8,7 @@
   the same colour in every corpus and view.
 - **Titles**: every plot is titled (:func:`title_hook`) with the view's ``title`` input, or else
   what :func:`describe` reads from the data.
+- **Heads**: statistics over heads are the registered aggregations (:func:`over_heads`).
 - **Wheel**: :func:`page_scroll_hook` leaves the mouse wheel to the page: the wheel-zoom tool stays in
   the toolbar, inactive until the user picks it.
 """
@@ -22,6 +23,7 @@ import colorcet
 import numpy as np
 import xarray as xr
 
+from attviz import aggregations
 from attviz.tokenization import display_tokens
 
 #: The fixed categorical palette of class colours: colorcet's ``glasbey_category10`` (Category10 first,
@@ -43,6 +45,18 @@ def class_colour(label: Any) -> str:
     Stable across corpora, sessions and processes (unlike Python's salted ``hash``).
     """
     return CLASS_PALETTE[zlib.crc32(str(label).encode("utf-8")) % len(CLASS_PALETTE)]
+
+
+# -- heads -------------------------------------------------------------------------------------------
+def head_rows(data: xr.DataArray) -> xr.DataArray:
+    """``data`` as ``(head, token)``: legacy AttViz vectors ``(vector, token)`` count as heads."""
+    row_dim = next(d for d in data.dims if d != "token")
+    return (data.rename({row_dim: "head"}) if row_dim != "head" else data).transpose("head", "token")
+
+
+def over_heads(name: str, rows: xr.DataArray) -> np.ndarray:
+    """The registered aggregation ``name`` (``min``, ``max``, ``mean``) over the heads of ``rows``, as float64."""
+    return np.asarray(aggregations.get(name, over="head")(rows).values, dtype=np.float64)
 
 
 # -- titles ------------------------------------------------------------------------------------------

@@ -2,30 +2,38 @@
 
 The text is rebuilt from the original string and the token character offsets, so readers see the
 document as written (no ``##`` pieces); special tokens without a span ([CLS], [SEP]) are small
-badges. The browser side is one :class:`TokenText` (a Panel ``JSComponent``): Python computes the
-colours, the client only places spans (token text as ``textContent``, never markup) and re-colours
-them in place when values change.
+badges. Words are :func:`attviz.aggregations.words.word_units` (as ``merge_words`` merges them); the
+hover shows the readable pieces (:func:`attviz.tokenization.display_token`) and the raw ones. The
+browser side is one :class:`~attviz.views.text_client.TokenText` (a Panel ``JSComponent``): Python
+computes the colours, the client only places spans (token text as ``textContent``, never markup)
+and re-colours them in place when values change. The "Figure" card draws the same text and head
+rows as a Bokeh plot (its save tool gives a PNG) and offers it as an SVG file
+(:mod:`attviz.views.text_figure`).
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
+import holoviews as hv
 import numpy as np
 import pandas as pd
 import panel as pn
 import param
 import xarray as xr
-from bokeh.palettes import Category10_10, Category20_20
-from panel.custom import JSComponent
 
+from attviz.aggregations.words import word_starts
 from attviz.corpus import tokens_of
+from attviz.tokenization import display_token, is_byte_level, token_string
+from attviz.views import text_figure
 from attviz.views.base import View
+from attviz.views.common import TITLE_DOC, describe, head_rows, over_heads, page_scroll_hook, title_hook
+from attviz.views.text_client import CSS, TokenText, _float32, _same, head_rgb
 
 #: Background colour of the highlight mode (the AttViz orange, as in the aggregate plot).
-HIGHLIGHT_RGB = (249, 130, 44)
-_MARKERS = ("Ġ", "▁")
+HIGHLIGHT_RGB = text_figure.HIGHLIGHT
 
 
 def scale_values(values: np.ndarray, scale: str, reference: float | None = None) -> np.ndarray:
@@ -54,10 +62,12 @@ def css_colors(alpha: np.ndarray, rgb: tuple[int, int, int] = HIGHLIGHT_RGB) -> 
     return [f"rgba({r}, {g}, {b}, {a:.3f})" for a in np.asarray(alpha, dtype=np.float64)]
 
 
-def clean_token(token: str) -> str:
-    """A token string for display: the ``##``, ``Ġ`` and ``▁`` sub-word markers removed."""
-    cleaned = token[2:] if token.startswith("##") and len(token) > 2 else token.lstrip("".join(_MARKERS))
-    return cleaned or token
+def clean_token(token: str, byte_level: bool | None = None) -> str:
+    """A token's text without sub-word markers (``##ing`` → ``ing``, ``Ġthe``/``▁the`` → ``the``), for
+    text rebuilt without offsets; a token of white space only keeps its readable label (``Ċ`` → ``↵``)."""
+    if token.startswith("##") and len(token) > 2:
+        return token[2:]
+    return token_string(token, byte_level).strip() or display_token(token, byte_level) or token
 
 
 def offsets_usable(tokens: pd.DataFrame, text: str | None) -> bool:
@@ -69,15 +79,21 @@ def offsets_usable(tokens: pd.DataFrame, text: str | None) -> bool:
 
 
 def unit_starts(tokens: pd.DataFrame, level: str) -> np.ndarray:
-    """First token position of each display unit: every token, or runs of pieces of one word."""
+    """First token position of each display unit: every token, or the words of
+    :func:`~attviz.aggregations.words.word_units` (a special token is never part of a word)."""
     n = len(tokens)
     if level == "token" or n == 0:
         return np.arange(n)
     if level != "word":
         raise ValueError(f"unknown level {level!r} (expected 'token' or 'word')")
-    word = tokens["word"].to_numpy()
-    same = (word[1:] == word[:-1]) & (word[1:] >= 0) & ~tokens["special"].to_numpy()[1:]
-    return np.flatnonzero(np.concatenate([[True], ~same]))
+    return word_starts(tokens["word"].to_numpy(), tokens["special"].to_numpy())
+
+
+def pieces_text(pieces: list[str], byte_level: bool) -> str:
+    """The hover's line of a unit's pieces: readable, and the raw tokens where they differ."""
+    shown = [display_token(p, byte_level) for p in pieces]
+    line = " | ".join(shown)
+    return line if shown == pieces else f"{line}\nraw: {' '.join(pieces)}"
 
 
 @dataclass
@@ -107,6 +123,7 @@ def layout_units(
     raw = tokens["text"].tolist()
     start, end = tokens["start"].to_numpy(), tokens["end"].to_numpy()
     special = tokens["special"].to_numpy()
+    byte_level = is_byte_level(raw)
     with_offsets = offsets_usable(tokens, text)
     out = Layout([], [], [], [], [], [], "")
     cursor = 0 if len(units) and units[0] == 0 else None  # leading text only at the document start
@@ -114,7 +131,7 @@ def layout_units(
         a, b = int(bounds[u]), int(bounds[u + 1]) - 1
         pieces = raw[a : b + 1]
         badge = bool(special[a] or (with_offsets and start[a] == end[b]))
-        label = "".join(map(clean_token, pieces))
+        label = "".join(clean_token(p, byte_level) for p in pieces)
         if with_offsets and not badge:
             s, e = int(start[a]), int(end[b])
             gap = "" if cursor is None else text[cursor:s]
@@ -129,159 +146,10 @@ def layout_units(
         out.labels.append(label)
         out.gaps.append(gap)
         out.badges.append(badge)
-        out.pieces.append(" · ".join(pieces))
+        out.pieces.append(pieces_text(pieces, byte_level))
     if with_offsets and cursor is not None and at_end:
         out.tail = text[cursor:]
     return out
-
-
-_CSS = """
-.attviz-body { white-space: pre-wrap; line-height: 1.9; font-size: 15px; }
-.attviz-token { cursor: pointer; border-radius: 3px; }
-.attviz-token.attviz-with-rows { display: inline-flex; flex-direction: column; vertical-align: top; }
-.attviz-row { display: block; height: 3px; margin-top: 1px; }
-.attviz-special { font-size: 10px; color: #777; border: 1px solid #ccc; padding: 0 2px; margin: 0 2px; }
-.attviz-selected { outline: 2px solid #222; outline-offset: 1px; }
-.attviz-note, .attviz-legend { font-size: 12px; color: #555; }
-.attviz-swatch { display: inline-block; width: 60px; height: 10px; margin: 0 4px; vertical-align: middle; }
-.attviz-head { display: inline-block; width: 10px; height: 10px; margin: 0 2px 0 8px; }
-"""
-
-_ESM = """
-export function render({ model }) {
-  const root = document.createElement("div");
-  const note = document.createElement("div");
-  const body = document.createElement("div");
-  const legend = document.createElement("div");
-  note.className = "attviz-note"; body.className = "attviz-body"; legend.className = "attviz-legend";
-  root.append(note, body, legend);
-  let spans = [], byToken = new Map(), selected = null, pending = false;
-  const fmt = (v) => (v === undefined || Number.isNaN(v)) ? "-" : Number(v).toFixed(3);
-  const cell = (a, r, i) => (a && a.shape && a.shape.length === 2 && r < a.shape[0]) ? a[r * a.shape[1] + i]
-    : undefined;
-  const el = (tag, cls) => { const e = document.createElement(tag); e.className = cls; return e; };
-
-  function build() {
-    pending = false; body.replaceChildren(); spans = []; byToken = new Map(); selected = null;
-    const nRows = model.mode === "highlight" ? 0 : model.head_names.length;
-    const frag = document.createDocumentFragment();
-    for (let i = 0; i < model.labels.length; i++) {
-      if (model.gaps[i]) frag.appendChild(document.createTextNode(model.gaps[i]));
-      const span = el("span", model.badges[i] ? "attviz-token attviz-special" : "attviz-token");
-      span.dataset.index = String(model.first[i]);
-      span.dataset.unit = String(i);
-      const label = el("span", "attviz-label");
-      label.textContent = model.labels[i];
-      span.appendChild(label);
-      if (nRows) {
-        span.classList.add("attviz-with-rows");
-        for (let r = 0; r < nRows; r++) span.appendChild(el("span", "attviz-row"));
-      }
-      for (let p = model.first[i]; p <= model.last[i]; p++) byToken.set(p, span);
-      spans.push(span); frag.appendChild(span);
-    }
-    if (model.tail) frag.appendChild(document.createTextNode(model.tail));
-    body.appendChild(frag);
-    note.textContent = model.note;
-    recolor(); select();
-  }
-
-  function recolor() {
-    if (pending) return;
-    const colors = model.colors, alpha = model.row_alpha, rgb = model.head_rgb;
-    spans.forEach((span, i) => {
-      span.style.backgroundColor = i < colors.length ? colors[i] : "";
-      const bars = span.querySelectorAll(".attviz-row");
-      bars.forEach((bar, r) => {
-        const a = cell(alpha, r, i);
-        bar.style.backgroundColor = `rgba(${rgb[r]}, ${a === undefined ? 0 : a.toFixed(3)})`;
-      });
-    });
-    legend.replaceChildren();
-    if (model.colors.length) {
-      const sw = el("span", "attviz-swatch");
-      sw.style.background = `linear-gradient(to right, ${model.colors_range[0]}, ${model.colors_range[1]})`;
-      legend.appendChild(sw);
-    }
-    legend.appendChild(document.createTextNode(model.legend));
-    if (model.mode !== "highlight") model.head_names.forEach((name, r) => {
-      const box = el("span", "attviz-head");
-      box.style.backgroundColor = `rgb(${rgb[r]})`;
-      legend.append(box, document.createTextNode(name));
-    });
-  }
-
-  function select() {
-    if (selected) selected.classList.remove("attviz-selected");
-    selected = byToken.get(model.selected_token) || null;
-    if (selected) selected.classList.add("attviz-selected");
-  }
-
-  function tooltip(i) {
-    const lines = [`${model.pieces[i]}`, `value: ${fmt(model.values[i])}`];
-    const parts = model.head_names.map((name, r) => `${name} ${fmt(cell(model.head_values, r, i))}`);
-    for (let k = 0; k < parts.length; k += 4) lines.push(parts.slice(k, k + 4).join("  "));
-    return lines.join("\\n");
-  }
-
-  body.addEventListener("click", (ev) => {
-    const span = ev.target.closest(".attviz-token");
-    if (span) model.selected_token = Number(span.dataset.index);
-  });
-  body.addEventListener("mouseover", (ev) => {
-    const span = ev.target.closest(".attviz-token");
-    if (span) span.title = tooltip(Number(span.dataset.unit));
-  });
-  const schedule = () => { if (!pending) { pending = true; queueMicrotask(build); } };
-  model.on(["labels", "gaps", "tail", "badges", "first", "last", "pieces", "mode", "head_names", "note"], schedule);
-  model.on(["colors", "row_alpha", "head_rgb", "legend"], () => recolor());
-  model.on("selected_token", () => select());
-  build();
-  return root;
-}
-"""
-
-
-class TokenText(JSComponent):
-    """Browser side of :class:`TextView`: spans of text coloured by precomputed values."""
-
-    labels = param.List(default=[], item_type=str, doc="Displayed text of each unit (token or word).")
-    gaps = param.List(default=[], item_type=str, doc="Original text before each unit.")
-    tail = param.String(default="", doc="Original text after the last unit.")
-    badges = param.List(default=[], doc="Whether each unit is drawn as a badge (special token).")
-    first = param.List(default=[], doc="Token position of each unit's first piece (its data-index).")
-    last = param.List(default=[], doc="Token position of each unit's last piece.")
-    pieces = param.List(default=[], doc="The token pieces of each unit (hover).")
-    values = param.Array(default=np.zeros(0, np.float32), doc="The aggregate value of each unit (hover).")
-    colors = param.List(default=[], doc="CSS background colour of each unit (empty: no highlight).")
-    colors_range = param.List(default=["", ""], doc="CSS colours of 0 and of full intensity (legend).")
-    head_names = param.List(default=[], doc="Name of each head row.")
-    head_rgb = param.List(default=[], doc="'r, g, b' colour of each head row.")
-    head_values = param.Array(default=np.zeros((0, 0), np.float32), doc="Value per head row and unit (hover).")
-    row_alpha = param.Array(default=np.zeros((0, 0), np.float32), doc="Alpha per head row and unit (empty: no rows).")
-    mode = param.Selector(default="highlight", objects=["highlight", "rows", "both"], doc="Display mode.")
-    legend = param.String(default="", doc="What 0 and full colour mean.")
-    note = param.String(default="", doc="A line above the text (e.g. the window shown).")
-    selected_token = param.Integer(default=None, allow_None=True, doc="Position of the selected token.")
-
-    _esm = _ESM
-
-
-def _float32(values: Any) -> np.ndarray:
-    """Values sent to the client: float32 arrays travel as binary buffers (fast for 4,096 × 12)."""
-    return np.ascontiguousarray(values, dtype=np.float32)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.shape(a) == np.shape(b) and np.array_equal(a, b, equal_nan=True)
-    return a == b
-
-
-def head_rgb(n: int) -> list[str]:
-    """``"r, g, b"`` colours of ``n`` head rows (Category10, or Category20 beyond 10 heads)."""
-    palette = Category10_10 if n <= 10 else Category20_20
-    return [", ".join(str(int(palette[i % len(palette)][k : k + 2], 16)) for k in (1, 3, 5)) for i in range(n)]
 
 
 _EMPTY: dict[str, Any] = {
@@ -293,7 +161,7 @@ _EMPTY: dict[str, Any] = {
     },
     **{"tail": "", "legend": "", "note": "Nothing to show: choose a document."},
 }
-_REFRESH_ON = ("data", "aggregate", "heads", "text", "mode", "level", "scale", "show_special", "max_tokens")
+_REFRESH_ON = ("data", "aggregate", "heads", "text", "mode", "level", "scale", "show_special", "max_tokens", "title")
 
 
 class TextView(View):
@@ -301,6 +169,9 @@ class TextView(View):
 
     At ``level="word"`` the pieces of a word are one span whose value is the **maximum** of its
     pieces (for the aggregate and for each head); hovering lists the pieces.
+
+    The "Figure" card (closed until opened) shows what is in the window as a Bokeh plot (the save
+    tool gives a PNG) and offers the SVG file (:meth:`svg`).
     """
 
     description = "Document text coloured by attention (highlight or one thin row per head)"
@@ -325,13 +196,29 @@ class TextView(View):
     window_start = param.Integer(
         default=0, bounds=(0, None), softbounds=(0, 4096), doc="First token of the window shown (long documents)."
     )
+    title = param.String(default="", doc=TITLE_DOC)
+    figure_width = param.Integer(default=960, bounds=(320, 4000), doc="Width of the exported figure in pixels.")
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self._component = TokenText(sizing_mode="stretch_width", stylesheets=[_CSS])
+        self._component = TokenText(sizing_mode="stretch_width", stylesheets=[CSS])
         self._component.param.watch(self._from_client, "selected_token")
         self._slider = pn.widgets.IntSlider.from_param(self.param.window_start, start=0, end=1, visible=False)
         self._layout: pn.layout.Panel | None = None
+        self._shown: dict[str, Any] = {}  # what the figure draws: the last refresh's units and colours
+        self._figure = pn.pane.HoloViews(None, linked_axes=False, sizing_mode="fixed")
+        download = pn.widgets.FileDownload(
+            callback=self._svg_file, filename="attviz-text.svg", label="Download SVG", embed=False, width=180
+        )
+        self._card = pn.Card(
+            pn.pane.Markdown("PNG: the save tool above the figure. SVG:", margin=(5, 10)),
+            download,
+            self._figure,
+            title="Figure (PNG, SVG)",
+            collapsed=True,
+            sizing_mode="stretch_width",
+        )
+        self._card.param.watch(lambda _: self._draw_figure(), "collapsed")
         self._refresh()
 
     def _rows(self) -> tuple[np.ndarray, list[str], np.ndarray, pd.DataFrame]:
@@ -348,8 +235,10 @@ class TextView(View):
         agg = self.aggregate
         if isinstance(agg, xr.DataArray) and agg.dims == ("token",) and agg.sizes["token"] == rows.shape[1]:
             agg_values = np.asarray(agg.values, dtype=np.float64)
-        else:  # standalone use without an explorer: colour by the mean over the rows
-            agg_values = np.nanmean(rows, axis=0) if len(rows) else np.zeros(rows.shape[1])
+        elif len(rows):  # standalone use without an explorer: colour by the mean over the rows
+            agg_values = over_heads("mean", head_rows(data))
+        else:
+            agg_values = np.zeros(rows.shape[1])
         names = [f"H{h}" if row_dim == "head" else str(h) for h in labels]
         return rows, names, agg_values, tokens_of(self.data, "token")
 
@@ -365,6 +254,8 @@ class TextView(View):
     def _refresh(self) -> None:
         if self.data is None:
             self._update(**_EMPTY)
+            self._shown = {}
+            self._draw_figure()
             return
         rows, names, agg, tokens = self._rows()
         n, maxed = len(tokens), self.scale == "max"
@@ -386,8 +277,18 @@ class TextView(View):
         intensity = scale_values(agg_u, self.scale, top if maxed else None)[units]
         step = max(1, self.max_tokens // 4)
         self._slider.param.update(end=max(1, n - self.max_tokens), step=step, visible=n > self.max_tokens)
+        layout = layout_units(tokens, self.text, starts, units, at_end=end == n)
+        self._shown = {
+            "layout": layout,
+            "intensity": intensity if self.mode != "rows" else None,
+            "row_alpha": np.asarray(alphas),
+            "head_names": names,
+            "head_rgb": head_rgb(len(names)),
+            "legend": self._legend(top),
+        }
+        self._draw_figure()
         self._update(
-            **vars(layout_units(tokens, self.text, starts, units, at_end=end == n)),
+            **vars(layout),
             values=_float32(agg_u[units]),
             colors=css_colors(intensity) if self.mode != "rows" else [],
             head_names=names,
@@ -417,6 +318,63 @@ class TextView(View):
     def _from_client(self, event: param.parameterized.Event) -> None:
         self.selected_token = event.new
 
+    # -- the figure ---------------------------------------------------------------------------------
+    def plot_title(self) -> str:
+        """The figure's title: the ``title`` input, else the name of the colouring vector."""
+        return self.title or describe(self.aggregate if isinstance(self.aggregate, xr.DataArray) else self.data)
+
+    def placed(self, with_title: bool = True) -> text_figure.Placed:
+        """The figure of what the view shows now (the window's units, colours and head rows)."""
+        shown, title = self._shown, self.plot_title() if with_title else ""
+        if not shown:
+            return text_figure.place(
+                [], [], [], intensity=None, row_alpha=np.zeros((0, 0)), head_rgb=[], head_names=[],
+                title=title, legend="Nothing to show: choose a document.", width=self.figure_width,
+            )  # fmt: skip
+        layout = shown["layout"]
+        return text_figure.place(
+            layout.labels,
+            layout.gaps,
+            layout.badges,
+            intensity=shown["intensity"],
+            row_alpha=shown["row_alpha"],
+            head_rgb=shown["head_rgb"],
+            head_names=shown["head_names"],
+            title=title,
+            legend=shown["legend"],
+            tail=layout.tail,
+            width=self.figure_width,
+        )
+
+    def svg(self) -> str:
+        """The figure as a standalone SVG document (token text escaped)."""
+        return text_figure.to_svg(self.placed())
+
+    def _svg_file(self) -> io.BytesIO:
+        return io.BytesIO(self.svg().encode("utf-8"))
+
+    def figure(self) -> hv.Overlay:
+        """The figure as a HoloViews overlay on pixel axes, with the save tool only (PNG); the title is Bokeh's."""
+        placed = self.placed(with_title=False)
+        return text_figure.to_holoviews(placed).opts(
+            xlim=(0, placed.width),
+            ylim=(0, placed.height),
+            invert_yaxis=True,
+            frame_width=int(placed.width),
+            frame_height=int(placed.height),
+            xaxis=None,
+            yaxis=None,
+            show_grid=False,
+            show_frame=False,
+            toolbar="above",
+            default_tools=["save"],
+            hooks=[title_hook(self.plot_title), page_scroll_hook],
+        )
+
+    def _draw_figure(self) -> None:
+        if not self._card.collapsed:  # drawn only while the card is open
+            self._figure.object = self.figure()
+
     def __panel__(self) -> pn.layout.Panel:
         if self._layout is None:
             controls = pn.Param(
@@ -426,5 +384,5 @@ class TextView(View):
                 default_layout=pn.Row,
                 show_name=False,
             )
-            self._layout = pn.Column(controls, self._slider, self._component, sizing_mode="stretch_width")
+            self._layout = pn.Column(controls, self._slider, self._component, self._card, sizing_mode="stretch_width")
         return self._layout

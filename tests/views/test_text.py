@@ -130,13 +130,17 @@ def test_special_tokens_are_badges_at_their_place(hello):
 
 
 def test_fallback_without_offsets():
-    tokens = token_frame(["[CLS]", "Ġthe", "runn", "##ing", "▁dog", "[SEP]"], special=[1, 0, 0, 0, 0, 1])
+    tokens = token_frame(["[CLS]", "the", "runn", "##ing", "dog", "[SEP]"], special=[1, 0, 0, 0, 0, 1])
     view = TextView(data=vectors(np.ones(6), tokens), text="")
     c = shown(view)
     assert c.labels == ["[CLS]", "the", "runn", "ing", "dog", "[SEP]"]
     assert c.gaps == ["", " ", " ", "", " ", " "]  # spaces, none before a ## piece
     assert c.badges == [True, False, False, False, False, True]
-    assert clean_token("##") == "##" and clean_token("Ġ") == "Ġ"
+    gpt2 = token_frame(["<|endoftext|>", "Ġthe", "Ġcaf", "Ã©", "Ċ"], special=[1, 0, 0, 0, 0])
+    assert shown(TextView(data=vectors(np.ones(5), gpt2))).labels == ["<|endoftext|>", "the", "caf", "é", "↵"]
+    t5 = token_frame(["▁The", "▁dog", "</s>"], special=[0, 0, 1])
+    assert shown(TextView(data=vectors(np.ones(3), t5))).labels == ["The", "dog", "</s>"]
+    assert clean_token("##") == "##" and clean_token("Ġ") == "·" and clean_token("▁") == "·"
 
 
 def test_word_level_groups_pieces_with_their_max():
@@ -154,7 +158,7 @@ def test_word_level_groups_pieces_with_their_max():
     c = shown(view)
     assert c.labels == ["[CLS]", "unbelievable", "results", "[SEP]"]
     assert c.first == [0, 1, 4, 5] and c.last == [0, 3, 4, 5]
-    assert c.pieces[1] == "un · ##believ · ##able"
+    assert c.pieces[1] == "un | ##believ | ##able"
     np.testing.assert_allclose(c.values, [0, 0.4, 0.3, 0])  # max of the pieces
     np.testing.assert_allclose(c.head_values, [[0, 0.4, 0.3, 0], [0, 0.5, 0.2, 0]])
     view.selected_token = 2  # a piece of the word: the word's span is outlined (client maps first..last)
@@ -248,3 +252,56 @@ def test_demo_document_text_is_reproduced_exactly():
     assert rebuilt == doc.text
     assert c.badges[0] and c.badges[-1] and len(c.head_names) == received.sizes["head"]
     assert pn.panel(view).get_root() is not None
+
+
+# -- words: one definition with merge_words --------------------------------------------------------
+def _merged(tokens, values):
+    """MergeWords on a (query, key) matrix with these tokens: (values, merged token texts)."""
+    from attviz.aggregations.words import MergeWords
+
+    array = xr.DataArray(np.asarray(values, dtype=np.float32), dims=("query", "key"))
+    array = array.assign_coords({**token_coords(tokens, "query"), **token_coords(tokens, "key")})
+    merged = MergeWords()(array)
+    return merged.values, [str(t) for t in merged["query_text"].values]
+
+
+@pytest.mark.parametrize("first_word", [-1, 0])  # <s> with word -1, or stored with the first word's index
+def test_special_token_before_a_split_word_is_never_merged(first_word):
+    from attviz.aggregations.words import word_units
+
+    words = [first_word, 0, 0]
+    tokens = token_frame(["<s>", "Hel", "lo"], word=words, start=[0, 0, 3], end=[0, 3, 5], special=[1, 0, 0])
+    np.testing.assert_array_equal(word_units(tokens["word"].to_numpy(), tokens["special"].to_numpy()), [0, 1, 1])
+    np.testing.assert_array_equal(unit_starts(tokens, "word"), [0, 1])  # the text view: the same units
+    view = TextView(level="word")
+    view.param.update(data=vectors([[0.5, 0.1, 0.4]], tokens), text="Hello")
+    c = shown(view)
+    assert c.labels == ["<s>", "Hello"] and c.badges == [True, False]
+    assert c.first == [0, 1] and c.last == [0, 2]
+    np.testing.assert_allclose(c.values, [0.5, 0.4])  # a word's value: the max of its pieces
+    # merge_words by hand: keys summed ([1+2]), queries averaged (rows 1 and 2).
+    values, texts = _merged(tokens, [[1.0, 0.0, 0.0], [0.2, 0.3, 0.5], [0.4, 0.4, 0.2]])
+    np.testing.assert_allclose(values, [[1.0, 0.0], [0.3, 0.7]], atol=1e-6)
+    assert texts == ["<s>", "Hello"]
+
+
+def test_roberta_style_words_with_a_leading_space_marker():
+    tokens = token_frame(
+        ["<s>", "ĠHel", "lo", "Ġworld", "</s>"],
+        word=[-1, 0, 0, 1, -1],
+        start=[0, 0, 3, 6, 0],
+        end=[0, 3, 5, 11, 0],
+        special=[1, 0, 0, 0, 1],
+    )
+    view = TextView(level="word")
+    view.param.update(data=vectors([[0.1, 0.2, 0.3, 0.4, 0.0]], tokens), text="Hello world")
+    c = shown(view)
+    assert c.labels == ["<s>", "Hello", "world", "</s>"] and c.gaps == ["", "", " ", ""]
+    assert c.pieces[1] == "·Hel | lo\nraw: ĠHel lo"  # readable pieces, and the raw ones in the hover
+    assert c.pieces[2] == "·world\nraw: Ġworld" and c.pieces[0] == "<s>"
+    identity = np.eye(5, dtype=np.float32)
+    values, texts = _merged(tokens, identity)
+    assert texts == ["<s>", "ĠHello", "Ġworld", "</s>"]  # the same four units as the text view
+    np.testing.assert_allclose(values[1], [0, 1, 0, 0])  # mean of the rows of ĠHel and lo, keys summed
+    view.level = "token"
+    assert shown(view).labels == ["<s>", "Hel", "lo", "world", "</s>"]
