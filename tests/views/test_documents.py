@@ -13,6 +13,7 @@ from bokeh.plotting import figure
 from panel.models.tabulator import DataTabulator
 
 from attviz.corpus import Corpus, Document
+from attviz.views.common import class_colour
 from attviz.views.documents import (
     DocumentBrowser,
     Predictions,
@@ -248,7 +249,7 @@ def test_class_probabilities_sorted_with_gold():
     frame = class_probabilities(WRONG)
     assert list(frame["class"]) == ["business", "world", "<b>bold</b>"]
     assert list(frame["percent"]) == pytest.approx([60.0, 25.0, 15.0])
-    assert list(frame["colour"]) == ["#e33e1a", "#F9822C", "#008b8b"]  # class order, AttViz colours
+    assert list(frame["colour"]) == [class_colour("business"), class_colour("world"), class_colour("<b>bold</b>")]
     assert list(frame["gold"]) == [False, True, False]
     assert list(frame["predicted"]) == [True, False, False]
     assert list(frame["label"]) == ["business", "world ◀ gold", "<b>bold</b>"]
@@ -319,3 +320,43 @@ def test_predictions_on_a_demo_document():
     top = max(doc.probabilities, key=doc.probabilities.get)
     assert f"<b>{top}</b>." in view._summary.object
     assert elapsed < 1.0
+
+
+def test_a_class_keeps_its_colour_in_every_corpus():
+    # Two corpora listing their classes in different orders (and one with an extra class).
+    one = Document("a", "t", label="world", probabilities={"world": 0.7, "business": 0.3})
+    two = Document("b", "t", label="business", probabilities={"sport": 0.1, "business": 0.5, "world": 0.4})
+    frames = [class_probabilities(d) for d in (one, two)]
+    colours = [dict(zip(f["class"], f["colour"], strict=True)) for f in frames]
+    assert colours[0]["world"] == colours[1]["world"] == class_colour("world") == "#d8afa1"
+    assert colours[0]["business"] == colours[1]["business"] == class_colour("business")
+    bar = prediction_summary_html(two)
+    assert bar.index(f"background:{class_colour('sport')}") < bar.index(f"background:{class_colour('business')}")
+    view = Predictions(data=two)
+    (fig,) = pn.panel(view).get_root().select({"type": figure})
+    (renderer,) = fig.renderers
+    data = renderer.data_source.data
+    assert dict(zip(data["label"], data["colour"], strict=True)) == {
+        "sport": class_colour("sport"),
+        "world": class_colour("world"),
+        "business ◀ gold": class_colour("business"),
+    }
+    assert fig.title.text == "class probabilities · document b"
+    assert [type(t).__name__ for t in fig.toolbar.tools] == ["HoverTool", "SaveTool"]
+    assert fig.toolbar.active_scroll is None
+    assert fig.height == 160  # the minimum (70 + 24 px per class = 142)
+    view.data = Document("c", "t", probabilities={f"class {i}": 0.05 for i in range(20)})
+    assert fig.height == 70 + 24 * 20  # room for every class
+
+
+def test_table_marks_classes_with_their_colour(corpus_table):
+    browser = DocumentBrowser(data=corpus_table)
+    pn.panel(browser).get_root()
+    styles = browser._table._get_style_data()["data"]
+    rows = browser._rows
+    gold, predicted = list(rows.columns).index("gold") + 1, list(rows.columns).index("predicted") + 1  # + index
+    for i, row in rows.iterrows():
+        cells = styles.get(i, {})
+        for column, name in ((gold, row["gold"]), (predicted, row["predicted"])):
+            expected = [("border-left", f"6px solid {class_colour(name)}")] if name else None
+            assert cells.get(column) == expected
