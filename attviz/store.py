@@ -30,7 +30,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -59,6 +59,14 @@ from attviz.corpus import (
     vector_array,
 )
 from attviz.errors import StoreError
+from attviz.quantize import (  # noqa: F401  (re-exported: the store's quantisation lives there)
+    QuantizationError,
+    Quantized,
+    dequantize_rows,
+    error_bound,
+    quantize_rows,
+    quantize_rows_torch,
+)
 from attviz.zarr3 import (
     BLOSC_LEVEL,
     ZSTD_LEVEL,
@@ -97,83 +105,7 @@ def group_name(index: int) -> str:
     return f"d{index:06d}"
 
 
-# -- quantisation ----------------------------------------------------------------------------------
-class Quantized(NamedTuple):
-    """A matrix as uint8 per row with a float32 scale per row: value ≈ ``q * scale[..., None]``."""
-
-    q: np.ndarray
-    scale: np.ndarray
-
-
-_F16_TO_F32: np.ndarray | None = None
-
-
-def _as_float32(block: np.ndarray) -> np.ndarray:
-    """A float32 copy; float16 goes through a 65,536-entry table (several times faster than astype)."""
-    global _F16_TO_F32
-    if block.dtype != np.float16:
-        return np.array(block, dtype=np.float32)
-    if _F16_TO_F32 is None:
-        _F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return np.take(_F16_TO_F32, block.view(np.uint16))
-
-
-def quantize_rows(values: np.ndarray) -> Quantized:
-    """uint8 per row (last axis) with scale = row max / 255, so ``|value - q × scale| ≤ scale / 2``.
-
-    Values must be non-negative (attention is); a row holding NaN or inf gets scale NaN (decodes as NaN).
-    """
-    values = np.asarray(values)
-    q = np.empty(values.shape, dtype=np.uint8)
-    scale = np.empty(values.shape[:-1], dtype=np.float32)
-    if values.size == 0:
-        return Quantized(q, scale)
-    for i in range(values.shape[0]) if values.ndim > 2 else [...]:  # one layer at a time: stays in cache
-        x = _as_float32(values[i])
-        if x.min() < 0:
-            raise StoreError("uint8 storage needs non-negative values (attention); use compression='lz4'")
-        peak = x.max(axis=-1)
-        finite = np.isfinite(peak)
-        inv = np.divide(np.float32(255), peak, out=np.zeros_like(peak), where=finite & (peak > 0))
-        with np.errstate(invalid="ignore"):  # inf × 0 in a non-finite row, zeroed next
-            x *= inv[..., None]
-        if not finite.all():
-            x[~finite] = 0
-        x += 0.5  # then truncation: round half up; x <= 255.5 so 255 at most
-        q[i] = x
-        scale[i] = np.where(finite, peak / np.float32(255), np.float32(np.nan))
-    return Quantized(q, scale)
-
-
-def quantize_rows_torch(values: Any, host: bool = True) -> Quantized:
-    """:func:`quantize_rows` for a torch tensor (any device, e.g. before the copy to the host);
-    the same formula, so the same bytes for the same values. ``host=False`` keeps the result as
-    tensors on the device and never waits for the device (no check for negative values there:
-    softmax attention has none)."""
-    x = values.float()
-    peak = x.amax(dim=-1)
-    if host and bool(x.amin() < 0):
-        raise StoreError("uint8 storage needs non-negative values (attention); use compression='lz4'")
-    finite = peak.isfinite()
-    # 255 / peak would multiply by a reciprocal: a different rounding than numpy's division
-    inv = peak.new_full(peak.shape, 255.0).div_(peak).masked_fill_(~finite | (peak <= 0), 0)
-    y = (x * inv.unsqueeze(-1)).masked_fill_(~finite.unsqueeze(-1), 0)  # x may be the input itself
-    scale = (peak / 255).masked_fill_(~finite, float("nan"))
-    q = y.add_(0.5).byte()
-    return Quantized(q.cpu().numpy(), scale.cpu().numpy()) if host else Quantized(q, scale)
-
-
-def dequantize_rows(q: Any, scale: Any) -> Any:
-    """float32 ``q × scale`` (numpy or dask)."""
-    return q.astype(np.float32) * scale[..., None]
-
-
-def error_bound(scale: np.ndarray) -> float:
-    """The largest quantisation error of a :func:`quantize_rows` result: max scale / 2."""
-    finite = scale[np.isfinite(scale)]
-    return float(finite.max(initial=0.0)) / 2
-
-
+# -- quantisation: attviz.quantize (re-exported here) ----------------------------------------------
 def describe_encoding(attrs: Mapping[str, Any]) -> str | None:
     """One line on how a store keeps its matrices (for ``attviz info``); None when it does not say."""
     encoding = attrs.get("matrix_encoding")

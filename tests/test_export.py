@@ -59,19 +59,23 @@ def decoded(manifest: dict, blobs: dict[str, str], d: int, layer: int) -> np.nda
 
 # -- quantisation by hand ------------------------------------------------------------------------
 def test_quantize_rows_by_hand():
-    values = np.array([[0.0, 0.25, 1.0], [0.2, 0.05, 0.0], [0.0, 0.0, 0.0], [np.nan, -1.0, 0.5]])
+    values = np.array([[0.0, 0.25, 1.0], [0.2, 0.05, 0.0], [0.0, 0.0, 0.0], [np.nan, 0.1, 0.5]])
     q, scale = quantize_rows(values)
-    np.testing.assert_allclose(scale, [1 / 255, 0.2 / 255, 0.0, 0.5 / 255], rtol=1e-6)
-    # 0.25 × 255 = 63.75 → 64; 0.05 / 0.2 × 255 = 63.75 → 64; NaN and negative count as 0.
-    assert q.tolist() == [[0, 64, 255], [255, 64, 0], [0, 0, 0], [0, 0, 255]]
+    np.testing.assert_allclose(scale[:3], [1 / 255, 0.2 / 255, 0.0], rtol=1e-6)
+    # 0.25 × 255 = 63.75 → 64; 0.05 / 0.2 × 255 = 63.75 → 64; a row with NaN is marked: scale NaN, q 0.
+    assert q.tolist() == [[0, 64, 255], [255, 64, 0], [0, 0, 0], [0, 0, 0]]
+    assert np.isnan(scale[3])
     assert q.dtype == np.uint8 and scale.dtype == np.float32
+    with pytest.raises(ValueError, match="non-negative"):  # the store's rule: negative values are refused
+        quantize_rows(np.array([[0.5, -1.0]]))
 
 
 def test_quantize_per_matrix_by_hand():
-    # Two 2×2 matrices: every row of a matrix shares its maximum / 255 (NaN and negatives count as 0).
-    values = np.array([[[0.5, 0.3], [0.1, 0.0]], [[np.nan, -1.0], [0.2, 0.03]]])
+    # Two 2×2 matrices: every row of a matrix shares its maximum / 255, taken over its finite rows;
+    # a row with NaN is marked (scale NaN, q 0).
+    values = np.array([[[0.5, 0.3], [0.1, 0.0]], [[np.nan, 1.0], [0.2, 0.03]]])
     q, scale = quantize_rows(values, per="matrix")
-    np.testing.assert_allclose(scale, [[0.5 / 255] * 2, [0.2 / 255] * 2], rtol=1e-6)
+    np.testing.assert_allclose(scale, [[0.5 / 255] * 2, [np.nan, 0.2 / 255]], rtol=1e-6)
     # 0.3 / 0.5 × 255 = 153; 0.1 / 0.5 × 255 = 51; 0.03 / 0.2 × 255 = 38.25 → 38.
     assert q.tolist() == [[[255, 153], [51, 0]], [[0, 0], [255, 38]]]
     # Small blocks walk the rows in several steps and give the same result.

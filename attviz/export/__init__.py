@@ -19,7 +19,8 @@ from attviz.atomic import write_text
 from attviz.corpus import Corpus, Document
 from attviz.errors import InputError
 from attviz.export.page import render_page
-from attviz.export.payload import ENCODINGS, QUANTIZATIONS, decode_layer, document_payload, quantize_rows
+from attviz.export.payload import ENCODINGS, decode_layer, document_payload
+from attviz.quantize import QUANTIZATIONS, quantize_rows
 
 VIEWS = ("text", "matrix", "predictions")
 __all__ = ["QUANTIZATIONS", "VIEWS", "decode_layer", "export_html", "quantize_rows", "write_atomic"]

@@ -9,6 +9,8 @@ value differs from the stored attention by at most ``scale / 2`` (≤ 1/510 for 
 ≤ 1); with ``"matrix"`` every row of a head's matrix shares ``scale = matrix maximum / 255`` (the same
 absolute bound and ~2.2× less deflated attention on real MiniLM documents of 512 tokens, but rows far
 below the matrix's maximum keep few levels). The format is the same either way. :func:`decode_layer` reads it back.
+The quantisation is :mod:`attviz.quantize`'s, the store's own: a row holding NaN or inf has scale NaN
+(the page shows it as missing, never as zeros) and negative values are refused.
 """
 
 from __future__ import annotations
@@ -24,43 +26,9 @@ import pandas as pd
 import xarray as xr
 
 from attviz.corpus import Document, tokens_of
+from attviz.quantize import error_bound, quantize_rows
 
-LEVELS = 255
 ENCODINGS = ("deflate", "raw")
-QUANTIZATIONS = ("row", "matrix")
-
-
-def quantize_rows(values: Any, block: int = 2**20, per: str = "row") -> tuple[np.ndarray, np.ndarray]:
-    """Quantise the last axis of ``values`` to uint8 per row: ``(q, scale)`` with ``values ≈ q × scale``.
-
-    ``scale`` (float32, one per row) is the row maximum / 255 (``per="row"``) or the maximum of the
-    row's matrix, the last two axes, / 255 (``per="matrix"``), and ``q = round(value / scale)``, so
-    ``|q × scale − value| ≤ scale / 2``. NaN and negative values count as 0. Works through ``block``
-    values at a time (fast in cache, little memory for big matrices).
-    """
-    if per not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantisation {per!r} (expected one of {QUANTIZATIONS})")
-    values = np.asarray(values)
-    if values.size == 0:
-        return np.zeros(values.shape, np.uint8), np.zeros(values.shape[:-1], np.float32)
-    flat = values.reshape(-1, values.shape[-1])
-    tops = None
-    if per == "matrix":  # fmax ignores NaN; the initial 0 counts negatives as 0
-        rows = values.shape[-2] if values.ndim > 1 else 1
-        top = np.fmax.reduce(flat.reshape(-1, rows * flat.shape[1]), axis=1, initial=0.0)
-        tops = np.repeat(top.astype(np.float32) / np.float32(LEVELS), rows)
-    q = np.empty(flat.shape, np.uint8)
-    scale = np.empty(flat.shape[0], np.float32)
-    step = max(1, block // max(flat.shape[1], 1))
-    for start in range(0, flat.shape[0], step):
-        x = np.array(flat[start : start + step], dtype=np.float32)
-        np.fmax(x, 0, out=x)  # NaN and negatives → 0
-        top = x.max(axis=1, initial=0.0) / np.float32(LEVELS) if tops is None else tops[start : start + step]
-        x *= np.divide(np.float32(1), top, out=np.zeros_like(top), where=top > 0)[:, None]
-        x += np.float32(0.5)  # x ≤ 255.5, so truncation rounds to 0..255
-        np.copyto(q[start : start + step], x, casting="unsafe")
-        scale[start : start + step] = top
-    return q.reshape(values.shape), scale.reshape(values.shape[:-1])
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -211,7 +179,7 @@ def document_payload(
         for j, i in enumerate(chosen):
             q, scale = quantize_rows(array.data[i], per=quantization)
             blobs[f"attviz-d{index}-l{j}"] = encode_layer(q, scale, encoding)
-            max_error = max(max_error, float(scale.max(initial=0.0)) / 2)
+            max_error = max(max_error, error_bound(scale))
             layer_labels.append(int(array["layer"].values[i]))
         head_labels = [int(h) for h in array["head"].values]
     probabilities = [[str(k), float(v)] for k, v in (doc.probabilities or {}).items()]
