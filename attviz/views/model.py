@@ -16,6 +16,7 @@ import param
 import xarray as xr
 
 from attviz.views.base import View
+from attviz.views.common import TITLE_DOC, page_scroll_hook, title_hook
 from attviz.views.matrix import index_of, set_token_axis
 
 STAT_DIM = "statistic"
@@ -65,6 +66,7 @@ class ModelOverview(View):
     cmap = param.Selector(
         default="viridis", objects=["viridis", "magma", "cividis", "Blues", "RdBu_r"], doc="Colour map of the grid."
     )
+    title = param.String(default="", doc=TITLE_DOC)
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -114,6 +116,11 @@ class ModelOverview(View):
             bounds=(-0.5, -0.5, n_heads - 0.5, n_layers - 0.5),
         )
 
+    def plot_title(self) -> str:
+        """The grid's title: the statistic per layer and head, and the ``title`` input (the document)."""
+        shown = f"{self._label(self._names.index(self.statistic))} per layer and head" if self._names else ""
+        return " · ".join(part for part in (shown or "head statistics", self.title) if part)
+
     def _grid(self, **_: Any) -> hv.Image:
         return self.grid()
 
@@ -145,7 +152,9 @@ class ModelOverview(View):
         ]
 
     def _plot(self) -> hv.DynamicMap:
-        grid = hv.DynamicMap(pn.bind(self._grid, data=self.param.data, statistic=self.param.statistic))
+        grid = hv.DynamicMap(
+            pn.bind(self._grid, data=self.param.data, statistic=self.param.statistic, title=self.param.title)
+        )
         self._tap = hv.streams.Tap(source=grid, transient=True)
         self._tap.add_subscriber(self._on_tap)
         grid = grid.apply.opts(cmap=self.param.cmap).opts(
@@ -158,14 +167,14 @@ class ModelOverview(View):
             hover_tooltips=self._tooltips(),
             default_tools=["reset", "save"],
             height=self._height(),
-            hooks=[self._axes_hook, self._hover_hook],
+            hooks=[self._axes_hook, self._hover_hook, title_hook(self.plot_title)],
             xlabel="head",
             ylabel="layer",
         )
         outline = hv.DynamicMap(
             pn.bind(self._outline, data=self.param.data, layer=self.param.layer, head=self.param.head)
         ).opts(fill_alpha=0, line_color="orange", line_width=3)
-        return grid * outline
+        return (grid * outline).opts(hooks=[page_scroll_hook])
 
     def _hover_hook(self, plot: Any, element: Any) -> None:
         # The statistics (and so the tooltips) change with the data: keep the hover tool in step.

@@ -140,3 +140,15 @@ def test_demo_document():
     assert root.select_one({"type": Plot}).height == 28 * 6 + 110
     view.statistic = "self"
     np.testing.assert_allclose(image(root).data_source.data["image"][0], data.sel(statistic="self").values, rtol=1e-6)
+
+
+def test_title_names_the_statistic_and_the_document():
+    view = ModelOverview(data=summary())
+    root = render(view)
+    (plot,) = root.select({"type": Plot})
+    assert plot.title.text == "entropy (nat) per layer and head"
+    view.statistic = "distance"
+    assert plot.title.text == "distance (token) per layer and head"
+    view.title = "doc 4"
+    assert plot.title.text == "distance (token) per layer and head · doc 4"
+    assert plot.toolbar.active_scroll is None
