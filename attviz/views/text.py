@@ -161,7 +161,7 @@ _EMPTY: dict[str, Any] = {
     },
     **{"tail": "", "legend": "", "note": "Nothing to show: choose a document."},
 }
-_REFRESH_ON = ("data", "aggregate", "heads", "text", "mode", "level", "scale", "show_special", "max_tokens", "title")
+_REFRESH_ON = ("data", "aggregate", "heads", "text", "mode", "level", "scale", "show_special", "max_tokens")
 
 
 class TextView(View):
@@ -371,6 +371,7 @@ class TextView(View):
             hooks=[title_hook(self.plot_title), page_scroll_hook],
         )
 
+    @param.depends("title", "figure_width", watch=True)
     def _draw_figure(self) -> None:
         if not self._card.collapsed:  # drawn only while the card is open
             self._figure.object = self.figure()

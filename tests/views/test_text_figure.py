@@ -99,3 +99,11 @@ def test_figure_is_a_bokeh_plot_with_the_save_tool(view):
     (plot,) = view._figure.get_root(Document()).select({"type": Plot})
     texts = [r for r in plot.select({"type": GlyphRenderer}) if isinstance(r.glyph, Text)]
     assert ["new", "doc"] in [list(r.data_source.data["text"]) for r in texts]
+
+
+def test_title_and_width_redraw_the_open_figure(view):
+    view._card.collapsed = False
+    view.param.update(title="doc 2 · layer 3 · head 1", figure_width=500)
+    (plot,) = view._figure.get_root(Document()).select({"type": Plot})
+    assert plot.title.text == "doc 2 · layer 3 · head 1" and plot.frame_width == 500
+    assert "<title>doc 2 · layer 3 · head 1</title>" in view.svg() and 'width="500"' in view.svg()
