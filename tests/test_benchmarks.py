@@ -121,3 +121,27 @@ def test_export_section_runs_on_a_short_document(tmp_path):
         assert entry["bertviz_bytes"] > 0 and entry["size_ratio"] == entry["attviz_bytes"] / entry["bertviz_bytes"]
     assert 0 < entry["attviz_matrix_bytes"] <= entry["attviz_bytes"]  # one scale per matrix: never larger
     assert [r["section"] for r in results["rows"]] == ["export"] * 3  # size, time, size with per-matrix scales
+
+
+def test_long_document_quick_mode_runs(tmp_path):
+    """benchmarks/long_document.py --quick (CI: 1,024 tokens, 1 round), here on a 96-token document."""
+    import argparse
+
+    from benchmarks import long_document
+
+    quick = argparse.Namespace(quick=True, tokens=None, rounds=None)
+    assert long_document.plan(quick) == ([1024], 1)
+    out = tmp_path / "long.json"
+    argv = ["--quick", "--tokens", "96", "--store-dir", str(tmp_path), "--json", str(out)]
+    results = long_document.main(argv)
+    assert json.loads(out.read_text())["rows"] == results["rows"]
+    size = results["sizes"]["96"]
+    assert size["built_s"] > 0 and not size["baseline_skipped"] and size["same_summary"]  # bit for bit
+    assert [r["figure"] for r in results["rows"]] == [f[0] for f in long_document.FIGURES]
+    new, old = size["runs"]
+    assert not new["baseline"] and old["baseline"]
+    assert new["matrix_shape"] == [96, 96] and new["token_vector_shape"] == [96] and new["summary_shape"] == [6, 12, 6]
+    assert all(r["new"] > 0 and r["baseline"] > 0 and r["ratio"] > 0 for r in results["rows"])
+    assert len(results["targets"]) == 2
+    again = long_document.main([*argv, "--no-baseline"])  # the store is reused
+    assert again["sizes"]["96"]["built_s"] is None and "ratio" not in again["rows"][0]
