@@ -3,6 +3,7 @@
 from attviz.corpus import Corpus, Document, attention_array, token_frame, vector_array
 from attviz.errors import AttentionUnavailableError, AttvizError, InputError, StoreError
 from attviz.extract import extract  # binds the function over the submodule attribute
+from attviz.notebook import extension
 from attviz.policy import StoragePolicy
 from attviz.readers import read
 from attviz.readers.tensors import from_tensors
@@ -17,7 +18,7 @@ def open_corpus(path: str) -> Corpus:
 
 def explore(corpus=None, **params):
     """An explorer on a Corpus, a path, several of them, or (None) the demo corpus; see
-    :func:`attviz.explorer.explore`. In Jupyter, run ``pn.extension("tabulator")`` first."""
+    :func:`attviz.explorer.explore`. In Jupyter, run :func:`attviz.extension` first (works offline)."""
     from attviz.explorer import explore as _explore
 
     return _explore(corpus, **params)
@@ -41,6 +42,7 @@ __all__ = [
     "__version__",
     "attention_array",
     "explore",
+    "extension",
     "extract",
     "from_tensors",
     "load_model",
