@@ -28,6 +28,7 @@ import xarray as xr
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
 from attviz.corpus import SUMMARY, VECTORS, Corpus, Document, tokens_of
+from attviz.models import same_model
 from attviz.policy import parse_aggregation
 from attviz.session import SessionActions, as_corpora, corpus_name
 from attviz.state import HEAD, NO_TRANSFORM, ExplorerState
@@ -119,6 +120,7 @@ class Explorer(SessionActions, ExplorerState):
         self._keys: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._upload_dir = None
+        self._problems: dict[str, str] = {}  # document id -> why its matrices could not be recomputed
         self.live_model: Any = params.pop("live_model", None)
         if corpus is not None:
             params["corpora"] = as_corpora(corpus)
@@ -140,12 +142,18 @@ class Explorer(SessionActions, ExplorerState):
         corpus = self.corpus(source)
         if doc is None or doc.has_matrices or "vectors" in doc.kinds or not self._can_recompute(corpus):
             return doc
-        return self._cache.get("recomputed", (source, _Ref(corpus), doc_id), lambda: self._recompute(doc))
+        if doc_id in self._problems:  # tried and failed: not again on every change
+            return doc
+        try:
+            return self._cache.get("recomputed", (source, _Ref(corpus), doc_id), lambda: self._recompute(doc))
+        except Exception as exc:  # the model cannot be loaded or run: show what the store keeps
+            self._problems[doc_id] = f"the matrices could not be recomputed ({exc})"
+            return doc
 
     def _can_recompute(self, corpus: Corpus) -> bool:
         """Matrices on demand only with the model that made the corpus (same tokens, same attention)."""
         model = corpus.attrs.get("model")
-        return self.live_model is not None and bool(model) and str(model) == self.live_model.name
+        return self.live_model is not None and bool(model) and same_model(str(model), self.live_model.name)
 
     def _recompute(self, doc: Document) -> Document:
         """``doc`` with its attention matrices recomputed by the live model (the store keeps none)."""
@@ -169,8 +177,8 @@ class Explorer(SessionActions, ExplorerState):
         stored (lazy, float16): layers are read and upcast one at a time."""
         if kind not in doc.kinds or kind == "vectors":
             return None
-        if transform == NO_TRANSFORM:
-            return doc.get(kind)
+        if transform == NO_TRANSFORM or aggregations.get(transform).missing(doc.get(kind)):
+            return doc.get(kind)  # (the state says what a transform misses: see _outputs)
 
         def compute() -> xr.DataArray:
             array = aggregations.get(transform)(doc.get(kind).astype(np.float32)).astype(np.float32)
@@ -229,10 +237,16 @@ class Explorer(SessionActions, ExplorerState):
         doc = self.find_document(self.source, self.doc_id)
         doc_key = (corpus_key, self.doc_id, _Ref(doc))
         out["document"] = (doc_key, doc)
+        if self.doc_id in self._problems:
+            notes.append(self._problems[self.doc_id])
         if doc is None:
             return out
         attention = self.transformed(doc, self.kind, self.transform)
         att_key = (doc_key, self.kind, self.transform)
+        if self.transform != NO_TRANSFORM and self.kind in doc.kinds:
+            lacks = aggregations.get(self.transform).missing(doc.get(self.kind))
+            if lacks:
+                notes.append(f"'{self.transform}' needs {lacks}: showing the attention untransformed")
         out["attention"] = (att_key, attention)
         if attention is None:
             self._vector_outputs(out, doc, doc_key, notes)
@@ -251,7 +265,7 @@ class Explorer(SessionActions, ExplorerState):
             out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: self._matrix(layer_matrices)))
         else:
             notes.append(f"'{self.head_reduction}' combines token colours only: choose another to see a matrix")
-        self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction)
+        self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
         if self._wanted("head_summary"):
             summary_key = (doc_key, self.kind)
             summary = self._cache.get("head_summary", summary_key, lambda: self._summary(doc))
@@ -268,13 +282,28 @@ class Explorer(SessionActions, ExplorerState):
         layer_key: Hashable,
         head: Any,
         reduction: str,
+        notes: list[str],
     ) -> None:
         agg = self.vector_aggregation
         spec = json.dumps(agg.spec(), sort_keys=True, default=str) if agg is not None else None
         if self.document_vector():  # one token vector from the whole document (attention flow)
             key = (layer_key[0], spec)
-            vector = self._cache.get("token_vector", key, lambda: agg(attention.astype(np.float32)))
+            source = attention
+            try:
+                agg.check_dims(tuple(attention.dims))
+            except ValueError:  # e.g. flow after rollout fused the heads: flow runs on the raw attention
+                source = self.transformed(out["document"][1], self.kind, NO_TRANSFORM)
+                notes.append(f"{agg.id} needs every head: computed before the transform '{self.transform}'")
+            lacks = agg.missing(source)
+            if lacks:
+                notes.append(f"'{agg.id}' needs {lacks}: choose another token colour")
+                return
+            vector = self._cache.get("token_vector", key, lambda: agg(source.astype(np.float32)))
             out["token_vector"] = (key, vector)
+            return
+        lacks = agg.missing(layer_matrices) if agg is not None else ""
+        if lacks:
+            notes.append(f"'{agg.id}' needs {lacks}: choose another token colour")
             return
         vec_key = (layer_key, spec)
         head_vectors = self._cache.get("head_vectors", vec_key, lambda: self._head_vectors(layer_matrices, agg))
@@ -384,9 +413,9 @@ class Explorer(SessionActions, ExplorerState):
             parts.append(
                 f"{which} {self.head}" if self.head_reduction == HEAD else f"{self.head_reduction} over {which}s"
             )
-        vector = self.token_vector
-        if vector is not None:
-            parts.append(str(vector.attrs.get("long_name") or vector.name or self.vector))
+        agg = self.vector_aggregation
+        if self.token_vector is not None and agg is not None:
+            parts.append(str(agg.long_name or agg.description or agg.id))
         return {
             "text": doc.text if doc is not None else "",
             "label": label,

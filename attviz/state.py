@@ -178,6 +178,7 @@ class ExplorerState(param.Parameterized):
 
     def __init__(self, **params: Any):
         self._fixing = False
+        self._pending: dict[str, Any] = {}  # choices to offer once a fix has moved the value
         self._agg_watcher: tuple[Aggregation, Any] | None = None
         self._matrix_reductions = matrix_reductions()
         self._document_vectors = document_vectors()
@@ -236,7 +237,9 @@ class ExplorerState(param.Parameterized):
                 self.param.update(**fixes)
                 changed, old = set(fixes), {}
                 names |= changed
-            if self._show_query():
+            for name, objects in list(self._pending.items()):  # the values are valid now: offer only these
+                self._offer(name, objects)
+            if self._show_query(cleared="selected_token" in names and self.selected_token is None):
                 names.add("vector_aggregation")
         finally:
             self._fixing = False
@@ -251,21 +254,21 @@ class ExplorerState(param.Parameterized):
         fixes: dict[str, Any] = {}
         if "corpora" in changed:
             names = list(self.corpora)
-            self.param.source.objects = names
-            self.param.compare_source.objects = [None, *names]
+            self._offer("source", names)
+            self._offer("compare_source", [None, *names])
             if self.source not in names:
                 fixes["source"] = names[0] if names else None
         source = fixes.get("source", self.source)
         if {"corpora", "source"} & changed:
             corpus = self.corpus(source)
             ids = corpus.ids if corpus is not None else []
-            self.param.doc_id.objects = ids
+            self._offer("doc_id", ids)
             if self.doc_id not in ids:
                 fixes["doc_id"] = ids[0] if ids else None
         if {"corpora", "compare_source"} & changed:
             other = self.corpus(self.compare_source)
             ids = other.ids if other is not None else []
-            self.param.compare_doc_id.objects = [None, *ids]
+            self._offer("compare_doc_id", [None, *ids])
             if self.compare_doc_id not in ids:
                 doc_id = fixes.get("doc_id", self.doc_id)
                 fixes["compare_doc_id"] = doc_id if doc_id in ids else (ids[0] if ids else None)
@@ -287,10 +290,9 @@ class ExplorerState(param.Parameterized):
         kinds = [k for k in MATRIX_KINDS if k in doc.kinds or k + VECTORS in doc.kinds]
         kinds = kinds or (["vectors"] if "vectors" in doc.kinds else [])
         if not kinds:  # no attention at all (a store without matrices, its model not loaded)
-            with param.discard_events(self):
-                self.has_layers = self.has_heads = False
+            self.param.update(has_layers=False, has_heads=False)
             return out
-        self.param.kind.objects = kinds
+        self._offer("kind", kinds)
         kind = self.kind if self.kind in kinds else kinds[0]
         if kind != self.kind:
             out["kind"] = kind
@@ -304,7 +306,9 @@ class ExplorerState(param.Parameterized):
             dims = tuple(stored.dims)
             transform = fixes.get("transform", self.transform)
             if kind in doc.kinds and transform != NO_TRANSFORM:
-                dims = tuple(aggregations.get(transform).output_dims(dims))
+                agg = aggregations.get(transform)
+                if not agg.missing(stored):  # (else the attention is shown untransformed, with a notice)
+                    dims = tuple(agg.output_dims(dims))
             n_layers = sizes.get("layer", 1) if "layer" in dims else 0
             n_heads = sizes.get("head", 1) if "head" in dims else 1
             stored_specs = self.stored_vectors(doc) if kind not in doc.kinds else []
@@ -313,8 +317,9 @@ class ExplorerState(param.Parameterized):
                 vector = fixes.get("vector", self.vector)
                 if vector not in names and names[0] in self.param.vector.objects.values():
                     out["vector"] = names[0]  # show what the store has rather than a notice
-        self._set_reductions("vector" if kind == "vectors" else "head")
-        if self.head_reduction not in self.param.head_reduction.objects.values():
+        over = "vector" if kind == "vectors" else "head"
+        self._set_reductions(over)
+        if self.head_reduction not in self._reductions[over].values():
             out["head_reduction"] = "attviz_mean" if kind == "vectors" else "mean"
         self.param.layer.bounds = (0, max(n_layers - 1, 0))
         if self.layer >= max(n_layers, 1):
@@ -322,8 +327,7 @@ class ExplorerState(param.Parameterized):
         self.param.head.bounds = (0, max(n_heads - 1, 0))
         if self.head >= n_heads:
             out["head"] = n_heads - 1
-        with param.discard_events(self):
-            self.has_layers, self.has_heads = n_layers > 0, n_heads > 1
+        self.param.update(has_layers=n_layers > 0, has_heads=n_heads > 1)
         if {"corpora", "source", "doc_id", "kind", "transform"} & changed and "selected_token" not in changed:
             mapped = None
             if changed <= {"transform"} and self.selected_token is not None and "transform" in old:
@@ -331,10 +335,27 @@ class ExplorerState(param.Parameterized):
             out["selected_token"] = mapped
         return out
 
+    def _offer(self, name: str, objects: list | dict) -> None:
+        """Offer ``objects`` as the choices of ``name``. While the current value is not among them
+        (until a fix sets one that is), the old value stays offered too: a widget showing the choices
+        must never hold a value its parameter refuses."""
+        values = list(objects.values()) if isinstance(objects, dict) else list(objects)
+        current = getattr(self, name)
+        if current in values or current is None:
+            self.param[name].objects = objects
+            self._pending.pop(name, None)
+            return
+        if isinstance(objects, dict):
+            label = next((k for k, v in self.param[name].objects.items() if v == current), str(current))
+            self.param[name].objects = {**objects, label: current}
+        else:
+            self.param[name].objects = [*values, current]
+        self._pending[name] = objects
+
     def _set_reductions(self, over: str) -> None:
         options = self._reductions[over]
         if self.param.head_reduction.objects != options:
-            self.param.head_reduction.objects = options
+            self._offer("head_reduction", options)
 
     def _fit_vector(self, changed: set[str], fixes: dict[str, Any]) -> dict[str, Any]:
         """Keep the token-colour aggregation and its id in step; a followed query shows the selection."""
@@ -354,11 +375,15 @@ class ExplorerState(param.Parameterized):
             self._watch_aggregation(agg)
         return out
 
-    def _show_query(self) -> bool:
-        """A token colour that follows the selection shows it as its own ``query`` (its widget)."""
+    def _show_query(self, cleared: bool = False) -> bool:
+        """A token colour that follows the selection shows it as its own ``query`` (its widget); when
+        the selection was cleared (another document or token axis), the query goes back to its default."""
         agg = self.vector_aggregation
-        if self.follows(agg) and self.selected_token is not None and agg.query != self.selected_token:
-            agg.query = self.selected_token
+        if not self.follows(agg):
+            return False
+        query = agg.param["query"].default if cleared else self.selected_token
+        if query is not None and agg.query != query:
+            agg.query = query
             return True
         return False
 

@@ -171,10 +171,10 @@ def test_transforms_change_the_token_axis(explorer):
     np.testing.assert_allclose(explorer.matrix.values.sum(-1), 1.0, rtol=1e-5)
 
 
-def test_a_failing_aggregation_is_a_message_not_a_crash(explorer):
+def test_a_query_outside_the_text_is_a_notice_not_a_crash(explorer):
     explorer.param.update(vector="attention_from", follow_selection=False)
     explorer.vector_aggregation.query = 99
-    assert "out of range" in explorer.message
+    assert "query 99 of 3 tokens" in explorer.notice and explorer.token_vector is None
     explorer.vector_aggregation.query = 0
     assert explorer.message == ""
 

@@ -120,11 +120,6 @@ def test_a_moved_directory_and_a_store_without_matrices(tmp_path, monkeypatch, m
     assert again.matrix is not None and again.document.meta["recomputed"] == "my-model-dir"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Explorer._document lets a failed recompute raise (here from Explorer.__init__); "
-    "remove this marker once it shows the stored vectors and says why",
-)
 def test_an_unloadable_model_does_not_break_a_store_without_matrices(tmp_path, monkeypatch, model_dir, elsewhere):
     store = extract_store(tmp_path, monkeypatch, model_dir, "--no-matrices", "--vectors", "entropy")
     shutil.move(model_dir, tmp_path / "moved")

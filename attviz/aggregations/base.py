@@ -75,6 +75,11 @@ class Aggregation(param.Parameterized):
         """The dims of the result for an input with ``input_dims`` (default: unchanged)."""
         return tuple(input_dims)
 
+    def missing(self, array: xr.DataArray) -> str:
+        """What ``array`` lacks for this aggregation besides dims, e.g. a coordinate only some
+        extractions store ('' when nothing): the explorer says so instead of failing."""
+        return ""
+
     # -- identity ------------------------------------------------------------------------------
     @property
     def id(self) -> str:

@@ -27,7 +27,7 @@ from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_flow
 
 from attviz.aggregations.base import Aggregation, replace_dims, to_token
-from attviz.aggregations.rollout import ABNAR, FUSIONS, mixed_attention
+from attviz.aggregations.rollout import ABNAR, FUSIONS, lacks_self_attention, mixed_attention
 
 
 def flow_graph(mixed: np.ndarray, query: int, scale: int) -> tuple[csr_array, int]:
@@ -94,6 +94,14 @@ class Flow(Aggregation):
 
     def output_dims(self, input_dims):
         return replace_dims(input_dims, drop=("layer", "head", "query"), rename={"key": "token"})
+
+    def missing(self, array: xr.DataArray) -> str:
+        n = array.sizes.get("query", 0)
+        if n > self.max_tokens:
+            return f"at most max_tokens={self.max_tokens} tokens (this text has {n}; flow costs ~T³ per layer)"
+        if not -n <= self.query < n:
+            return f"a query inside the text (query {self.query} of {n} tokens)"
+        return lacks_self_attention(array)
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         extra = [d for d in array.dims if d not in self.input_dims]

@@ -24,6 +24,13 @@ ABNAR = 'Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers", htt
 FUSIONS = ("mean", "max", "min")
 
 
+def lacks_self_attention(array: xr.DataArray) -> str:
+    """What rollout and flow miss in ``array`` ('' when it is self-attention: square matrices)."""
+    if array.sizes.get("query") != array.sizes.get("key"):
+        return "self-attention (as many queries as keys; cross-attention has two texts)"
+    return ""
+
+
 def mixed_attention(array: xr.DataArray, residual: float, fusion: str = "mean") -> np.ndarray:
     """Ã per layer as a float64 ``(..., layer, query, key)`` numpy array (heads fused)."""
     if array.sizes["query"] != array.sizes["key"]:
@@ -76,6 +83,9 @@ class Rollout(Aggregation):
     def output_dims(self, input_dims):
         rest = tuple(d for d in input_dims if d not in self.input_dims)
         return (*rest, "layer", "query", "key") if self.cumulative else (*rest, "query", "key")
+
+    def missing(self, array: xr.DataArray) -> str:
+        return lacks_self_attention(array)
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         mixed = mixed_attention(array, self.residual, self.head_fusion)

@@ -71,6 +71,10 @@ class AttentionFrom(Aggregation):
     def output_dims(self, input_dims):
         return replace_dims(input_dims, drop=("query",), rename={"key": "token"})
 
+    def missing(self, array: xr.DataArray) -> str:
+        n = array.sizes.get("query", 0)
+        return "" if -n <= self.query < n else f"a query inside the text (query {self.query} of {n} tokens)"
+
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         self._check_query(array.sizes["query"])
         row = as_float(array.isel(query=self.query))
@@ -102,6 +106,12 @@ class Diagonal(Aggregation):
 
     def output_dims(self, input_dims):
         return replace_dims(input_dims, drop=("key",), rename={"query": "token"})
+
+    def missing(self, array: xr.DataArray) -> str:
+        """A square matrix: cross-attention (decoder queries × encoder keys) has no diagonal."""
+        if array.sizes.get("query") != array.sizes.get("key"):
+            return "as many keys as queries (cross-attention has no diagonal)"
+        return ""
 
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         n = self._check_square(array.sizes["query"], array.sizes["key"])

@@ -46,6 +46,12 @@ class ValueNorm(Aggregation):
         """The configuration without ``norms`` (data, not a setting; the spec stays JSON)."""
         return {k: v for k, v in super().params().items() if k != "norms"}
 
+    def missing(self, array: xr.DataArray) -> str:
+        """The value norms, when neither ``norms`` nor the ``value_norm`` coordinate gives them."""
+        if self.norms is None and "value_norm" not in array.coords:
+            return "the value-vector norms (extract with --capture value_norm)"
+        return ""
+
     def apply(self, array: xr.DataArray) -> xr.DataArray:
         if self.norms is not None:
             array = with_value_norms(array, self.norms)

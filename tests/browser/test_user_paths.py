@@ -1,0 +1,145 @@
+"""The paths a user takes off the demo, in Chromium, with the server log checked (issue #11).
+
+One server serves ``attviz serve gpt2.zarr t5.zarr bert.zarr`` (tiny random models, real
+extraction); each test opens its own session. Every test fails on a console error (the ``page``
+fixture) and on any traceback or error the server logs while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests import corpora
+from tests.browser.conftest import _wait_for_panel, _wait_until, start_server, stop_server
+from tests.browser.test_explorer import ExplorerServer, colors
+from tests.test_state_space import Errors
+
+
+@pytest.fixture(scope="module")
+def stores(tiny_gpt2, tiny_t5, tiny_bert_classifier, tmp_path_factory) -> list[str]:
+    folder = tmp_path_factory.mktemp("stores")
+    paths = []
+    for name, corpus in (
+        ("gpt2.zarr", corpora.decoder_corpus(*tiny_gpt2)),
+        ("t5.zarr", corpora.encoder_decoder_corpus(*tiny_t5)),
+        ("bert.zarr", corpora.encoder_corpus(*tiny_bert_classifier)),
+    ):
+        corpus.save(folder / name)
+        paths.append(str(folder / name))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def server(stores) -> Iterator[ExplorerServer]:
+    from attviz.app import MAX_MESSAGE_BYTES, create_app
+
+    apps: list[Any] = []
+
+    def factory() -> Any:
+        template = create_app(stores, live=False)
+        apps.append(template)
+        return template
+
+    url, thread = start_server(factory, websocket_max_message_size=MAX_MESSAGE_BYTES)
+    try:
+        yield ExplorerServer(url, apps)
+    finally:
+        stop_server(thread)
+
+
+@pytest.fixture
+def server_log() -> Iterator[Errors]:
+    """Errors and tracebacks the server logs during the test (it runs in this process)."""
+    errors = Errors()
+    logging.getLogger().addHandler(errors)
+    try:
+        yield errors
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
+
+
+def open_session(page: Any, server: ExplorerServer) -> Any:
+    before = len(server.apps)
+    page.goto(server.url)
+    _wait_for_panel(page)
+    explorer = _wait_until(lambda: len(server.apps) > before and server.apps[-1].explorer)
+    page.locator(".attviz-token").first.wait_for()
+    return explorer
+
+
+def idle(page: Any) -> None:
+    page.locator(".loader.spin").wait_for(state="detached")
+
+
+def alerts(page: Any) -> list[str]:
+    return [t for t in page.locator(".alert-danger").all_inner_texts() if t.strip()]
+
+
+def test_uploading_the_original_attviz_json(page, server, server_log, screenshot):
+    """#11 (1): the real AttViz file through 'Open a file' showed a recursion error and kept the old views."""
+    explorer = open_session(page, server)
+    page.locator(".card-header", has_text="Open a file").click()
+    page.locator("input[type=file]").set_input_files(str(corpora.LEGACY_JSON))
+    _wait_until(lambda: explorer.source == "public-example1", timeout=20)
+    legacy = explorer.corpora["public-example1"]
+    first = legacy[legacy.ids[0]]
+    _wait_until(lambda: explorer.kind == "vectors" and explorer.document is first)
+    idle(page)
+    # the text view shows the legacy document's tokens, coloured
+    shown = _wait_until(lambda: (t := page.locator(".attviz-token").all_inner_texts()) and t[: len(first.tokens)])
+    assert [s.strip() for s in shown[:5]] == [t.strip() for t in first.tokens[:5]]
+    assert not page.locator(".attviz-error").count() and not alerts(page)
+    assert "Opened" in page.locator(".card", has_text="Open a file").inner_text()
+    # no layer slider for data without layers; the vector slider stays
+    assert not page.locator(".bk-Slider", has_text="Layer").is_visible()
+    screenshot(page, "upload-legacy-json")
+
+
+def test_switching_from_gpt2_to_t5(page, server, server_log, screenshot):
+    """#11 (2): GPT-2 -> T5 kept the GPT-2 matrix, offered no encoder/decoder/cross, logged tracebacks."""
+    explorer = open_session(page, server)
+    corpus = page.get_by_label("Corpus", exact=True)
+    corpus.select_option("gpt2.zarr")
+    _wait_until(lambda: explorer.source == "gpt2.zarr")
+    page.locator(".bk-tab", has_text="Matrix").click()
+    idle(page)
+    corpus.select_option("t5.zarr")
+    _wait_until(lambda: explorer.source == "t5.zarr" and explorer.kind == "encoder")
+    idle(page)
+    for kind in ("encoder", "decoder", "cross"):
+        page.locator(".bk-btn-group button", has_text=kind).click()
+        _wait_until(lambda kind=kind: explorer.kind == kind)
+        idle(page)
+        t5 = explorer.corpora["t5.zarr"][explorer.doc_id].get(kind)
+        assert explorer.matrix.sizes == {"query": t5.sizes["query"], "key": t5.sizes["key"]}
+    assert not alerts(page)
+    screenshot(page, "gpt2-to-t5")
+
+
+def test_every_head_combination(page, server, server_log):
+    """#11 (3): 'AttViz entropy (head disagreement)' raised a DimsError; each option recolours or says why."""
+    explorer = open_session(page, server)
+    page.get_by_label("Corpus", exact=True).select_option("bert.zarr")
+    _wait_until(lambda: explorer.source == "bert.zarr")
+    idle(page)
+    reduction = page.get_by_label("Combine heads")
+    options = reduction.locator("option").evaluate_all("os => os.map(o => o.textContent)")
+    assert any("attviz_entropy" in o for o in options) and any("selected head" in o for o in options)
+    seen = set()
+    for label in options:
+        reduction.select_option(label=label)
+        value = label[label.rindex("(") + 1 : -1] if label.endswith(")") else "head"
+        _wait_until(lambda value=value: explorer.head_reduction == value)
+        idle(page)
+        assert not alerts(page), (label, alerts(page))
+        vector = _wait_until(lambda: explorer.token_vector)
+        expected = explorer.head_vectors if value == "head" else None
+        seen.add("|".join(colors(page)))
+        if expected is not None:
+            assert len(colors(page)) == vector.sizes["token"]
+    assert len(seen) >= 3  # the combinations colour the tokens differently
