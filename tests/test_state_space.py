@@ -168,12 +168,15 @@ class Errors(logging.Handler):
 
 def rendered(explorer: Explorer) -> ExplorerLayout:
     """The explorer's layout with every view and control rendered into one Bokeh document."""
+    from attviz.app import OfflineFast
+
     layout = ExplorerLayout(explorer)
     document = BokehDocument()
-    layout.controls.get_root(document)
-    layout.main.get_root(document)
-    for view in layout.views.values():
-        pn.panel(view).get_root(document)
+    # With the served app's design: Panel then applies its stylesheets to every model (showing or hiding a
+    # HoloViews pane under a design once failed every later patch of the session: no view updated).
+    views = pn.Column(*(pn.panel(view) for view in layout.views.values()))  # every tab's views at once
+    template = pn.template.FastListTemplate(sidebar=[layout.controls], main=[layout.main, views], design=OfflineFast)
+    template.server_doc(document)
     explorer.needed = None  # every view is on screen
     return layout
 

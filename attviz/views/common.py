@@ -151,3 +151,15 @@ class AxisLabels(NamedTuple):
             hover_labels(array, "query"),
             hover_labels(array, "key"),
         )
+
+
+def shown_when(condition: Any, pane: Any) -> Any:
+    """``pane`` in a Column that is visible while ``condition`` (a param reference) holds.
+
+    Never toggle ``visible`` on a HoloViews pane itself: Panel then copies the served design's
+    ImportedStyleSheet objects into its inner Bokeh pane's str-only ``stylesheets``, the TypeError
+    fails the whole patch, and no view of the session updates any more (panel 1.9).
+    """
+    import panel as pn
+
+    return pn.Column(pane, visible=condition, sizing_mode="stretch_width")

@@ -25,6 +25,7 @@ from attviz.views.common import (
     AxisLabels,
     describe,
     page_scroll_hook,
+    shown_when,
     title_hook,
     token_positions,
 )
@@ -307,13 +308,12 @@ class MatrixView(View):
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._layout is None:
-            self._plot_pane = pn.pane.HoloViews(
-                self._plot(), sizing_mode="stretch_width", linked_axes=False, visible=self.param.data.rx.is_not(None)
-            )
+            self._plot_pane = pn.pane.HoloViews(self._plot(), sizing_mode="stretch_width", linked_axes=False)
             placeholder = pn.pane.Markdown(
                 "*No matrix to show: choose a document (this view shows one (query, key) attention matrix). "
                 "A store of token vectors only keeps none: serve it with its model to recompute them.*",
                 visible=self.param.data.rx.is_(None),
             )
-            self._layout = pn.Column(placeholder, self._plot_pane, sizing_mode="stretch_width")
+            plot = shown_when(self.param.data.rx.is_not(None), self._plot_pane)
+            self._layout = pn.Column(placeholder, plot, sizing_mode="stretch_width")
         return self._layout

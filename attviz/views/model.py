@@ -16,7 +16,7 @@ import param
 import xarray as xr
 
 from attviz.views.base import View
-from attviz.views.common import TITLE_DOC, page_scroll_hook, title_hook
+from attviz.views.common import TITLE_DOC, page_scroll_hook, shown_when, title_hook
 from attviz.views.matrix import index_of, set_token_axis
 
 STAT_DIM = "statistic"
@@ -185,8 +185,9 @@ class ModelOverview(View):
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._layout is None:
-            plot = pn.pane.HoloViews(
-                self._plot(), sizing_mode="stretch_width", linked_axes=False, visible=self.param.data.rx.is_not(None)
+            plot = shown_when(
+                self.param.data.rx.is_not(None),
+                pn.pane.HoloViews(self._plot(), sizing_mode="stretch_width", linked_axes=False),
             )
             placeholder = pn.pane.Markdown(
                 "*No head summary: choose a document (this view shows the `head_summary` aggregation).*",

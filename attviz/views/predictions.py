@@ -110,7 +110,8 @@ class Predictions(View):
         # A placeholder class keeps the first plot's axis categorical.
         self._pipe = hv.streams.Pipe(data=class_probabilities(Document(id="", text="", probabilities={"": 0.0})))
         chart = hv.DynamicMap(self._chart, streams=[self._pipe])
-        self._plot = pn.pane.HoloViews(chart, sizing_mode="stretch_width", visible=False)
+        # A Column is shown and hidden, never the HoloViews pane itself (see attviz.views.common.shown_when).
+        self._plot = pn.Column(pn.pane.HoloViews(chart, sizing_mode="stretch_width"), visible=False)
         self._layout = pn.Column(self._summary, self._plot, sizing_mode="stretch_width")
         self._update()
 

@@ -91,8 +91,15 @@ def test_uploading_the_original_attviz_json(page, server, server_log, screenshot
     _wait_until(lambda: explorer.kind == "vectors" and explorer.document is first)
     idle(page)
     # the text view shows the legacy document's tokens, coloured
-    shown = _wait_until(lambda: (t := page.locator(".attviz-token").all_inner_texts()) and t[: len(first.tokens)])
-    assert [s.strip() for s in shown[:5]] == [t.strip() for t in first.tokens[:5]]
+    expected = [t.strip() for t in first.tokens[:5]]
+
+    def shown() -> list[str]:
+        return [t.strip() for t in page.locator(".attviz-token").all_inner_texts()[:5]]
+
+    try:
+        _wait_until(lambda: shown() == expected)
+    except AssertionError:
+        raise AssertionError(f"the text view shows {shown()}, not the uploaded document's {expected}") from None
     assert not page.locator(".attviz-error").count() and not alerts(page)
     assert "Opened" in page.locator(".card", has_text="Open a file").inner_text()
     # no layer slider for data without layers; the vector slider stays
