@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,12 +26,13 @@ import xarray as xr
 
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
-from attviz.corpus import SUMMARY, VECTORS, Corpus, Document, tokens_of
-from attviz.models import same_model
+from attviz.cache import KeyedCache, Ref
+from attviz.corpus import SUMMARY, VECTORS, Corpus, Document
 from attviz.policy import parse_aggregation
 from attviz.quantize import as_float32
+from attviz.reading import DocumentReader
 from attviz.session import SessionActions, as_corpora, corpus_name
-from attviz.state import HEAD, NO_TRANSFORM, ExplorerState
+from attviz.state import HEAD, NO_TRANSFORM
 
 #: Every derived output, in the order they are computed.
 OUTPUTS = (
@@ -46,51 +46,13 @@ OUTPUTS = (
     "head_summary",
     "other_matrix",
 )
-_CACHE_SIZE = 6
-
-
-class _Ref:
-    """An object in a cache key, by identity. The key holds the object, so while the key is cached
-    the object cannot be freed and its ``id`` handed to another (a bare ``id()`` could be)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Ref) and other.obj is self.obj
-
-
-class KeyedCache:
-    """Computed values by (output, key): a small LRU per output, counting the computations."""
-
-    def __init__(self, size: int = _CACHE_SIZE):
-        self.size = size
-        self.values: dict[str, OrderedDict[Hashable, Any]] = {}
-        self.computed: dict[str, int] = {}
-
-    def get(self, output: str, key: Hashable, compute: Callable[[], Any]) -> Any:
-        values = self.values.setdefault(output, OrderedDict())
-        if key in values:
-            values.move_to_end(key)
-            return values[key]
-        value = compute()
-        self.computed[output] = self.computed.get(output, 0) + 1
-        values[key] = value
-        while len(values) > self.size:
-            values.popitem(last=False)
-        return value
 
 
 def _output(cls: type, doc: str) -> param.ClassSelector:
     return param.ClassSelector(class_=cls, default=None, allow_None=True, precedence=-1, doc=doc)
 
 
-class Explorer(SessionActions, ExplorerState):
+class Explorer(SessionActions, DocumentReader):
     """The state of an attviz exploration session and what its views show.
 
     >>> explorer = attviz.explore(corpus)          # a Corpus or a path
@@ -137,77 +99,6 @@ class Explorer(SessionActions, ExplorerState):
         """How many times ``output`` was computed (cache misses); for tests and profiling."""
         return self._cache.computed.get(output, 0)
 
-    # == documents ==================================================================================
-    def find_document(self, source: str | None, doc_id: str | None) -> Document | None:
-        doc = super().find_document(source, doc_id)
-        corpus = self.corpus(source)
-        if doc is None or doc.has_matrices or "vectors" in doc.kinds or not self._can_recompute(corpus):
-            return doc
-        if doc_id in self._problems:  # tried and failed: not again on every change
-            return doc
-        try:
-            return self._cache.get("recomputed", (source, _Ref(corpus), doc_id), lambda: self._recompute(doc))
-        except Exception as exc:  # the model cannot be loaded or run: show what the store keeps
-            self._problems[doc_id] = f"the matrices could not be recomputed ({exc})"
-            return doc
-
-    def _can_recompute(self, corpus: Corpus) -> bool:
-        """Matrices on demand only with the model that made the corpus (same tokens, same attention)."""
-        model = corpus.attrs.get("model")
-        return self.live_model is not None and bool(model) and same_model(str(model), self.live_model.name)
-
-    def _recompute(self, doc: Document) -> Document:
-        """``doc`` with its attention matrices recomputed by the live model (the store keeps none)."""
-        extracted = self.live_model([doc.text], [doc.id])[0]
-        arrays = {**doc.arrays, **{k: extracted.get(k) for k in extracted.kinds}}
-        return Document(
-            id=doc.id,
-            text=doc.text,
-            arrays=arrays,
-            label=doc.label,
-            prediction=doc.prediction,
-            probabilities=doc.probabilities,
-            target=doc.target,
-            source_id=doc.source_id,
-            source_start=doc.source_start,
-            meta={**doc.meta, "recomputed": self.live_model.name},
-        )
-
-    def transformed(self, doc: Document, kind: str, transform: str) -> xr.DataArray | None:
-        """The document's attention of ``kind`` transformed, cached. Without a transform it stays as
-        stored (lazy, float16): layers are read and upcast one at a time."""
-        if kind not in doc.kinds or kind == "vectors":
-            return None
-        if transform == NO_TRANSFORM or aggregations.get(transform).missing(doc.get(kind)):
-            return doc.get(kind)  # (the state says what a transform misses: see _outputs)
-
-        def compute() -> xr.DataArray:
-            array = aggregations.get(transform)(doc.get(kind).astype(np.float32)).astype(np.float32)
-            # Number the (possibly fewer) tokens 0..n-1, so a token's position on the axis is its index.
-            return array.assign_coords(
-                {dim: np.arange(array.sizes[dim], dtype=np.int32) for dim in ("query", "key") if dim in array.dims}
-            )
-
-        return self._cache.get("attention", (_Ref(doc), kind, transform), compute)
-
-    def map_token(self, doc: Document, kind: str, before: str, position: int) -> int | None:
-        """The token covering the same characters (a word piece maps to its merged word), or the same
-        special token; None when the transform dropped it."""
-        old_array, new_array = self.transformed(doc, kind, before), self.transformed(doc, kind, self.transform)
-        if old_array is None or new_array is None:
-            return None
-        old_tokens, new_tokens = tokens_of(old_array, "query"), tokens_of(new_array, "query")
-        if not 0 <= position < len(old_tokens):
-            return None
-        token = old_tokens.iloc[position]
-        if token["special"]:
-            same = new_tokens[new_tokens["special"] & (new_tokens["text"] == token["text"])]
-            rank = int((old_tokens["special"] & (old_tokens["text"] == token["text"])).iloc[:position].sum())
-            return int(same.index[rank]) if rank < len(same) else None
-        words = new_tokens[~new_tokens["special"]]
-        covering = words[(words["start"] <= token["start"]) & (token["start"] < words["end"])]
-        return int(covering.index[0]) if len(covering) else None
-
     # == derived outputs =============================================================================
     def derive(self) -> None:
         """Derive the needed outputs whose keys changed and set them (with the message) in one batch."""
@@ -234,11 +125,11 @@ class Explorer(SessionActions, ExplorerState):
         """``{output: (key, value)}`` for the needed outputs, from the cache where the key is known."""
         out: dict[str, tuple[Any, Any]] = dict.fromkeys(OUTPUTS, (None, None))
         corpus = self.corpus(self.source)
-        corpus_key = (self.source, _Ref(corpus), len(corpus) if corpus is not None else 0)
+        corpus_key = (self.source, Ref(corpus), len(corpus) if corpus is not None else 0)
         if self._wanted("table"):
             out["table"] = (corpus_key, self._cache.get("table", corpus_key, lambda: corpus.table if corpus else None))
         doc = self.find_document(self.source, self.doc_id)
-        doc_key = (corpus_key, self.doc_id, _Ref(doc))
+        doc_key = (corpus_key, self.doc_id, Ref(doc))
         out["document"] = (doc_key, doc)
         if self.doc_id in self._problems:
             notes.append(self._problems[self.doc_id])
@@ -386,7 +277,7 @@ class Explorer(SessionActions, ExplorerState):
         other = self.find_document(self.compare_source, self.compare_doc_id)
         if other is None or self.kind not in other.kinds:
             return (None, None)
-        key = (self.compare_source, self.compare_doc_id, _Ref(other), matrix_key)
+        key = (self.compare_source, self.compare_doc_id, Ref(other), matrix_key)
 
         def compute() -> xr.DataArray | None:
             attention = self.transformed(other, self.kind, self.transform)

@@ -414,7 +414,7 @@ def test_cache_keys_hold_their_objects_by_identity():
     import gc
     import weakref
 
-    from attviz.explorer import _Ref
+    from attviz.cache import Ref as _Ref
 
     a, b = Document(id="x", text="t"), Document(id="x", text="t")
     assert a == b and _Ref(a) != _Ref(b) and _Ref(a) == _Ref(a) and hash(_Ref(a)) == id(a)
