@@ -101,7 +101,7 @@ def test_uploading_the_original_attviz_json(page, server, server_log, screenshot
     except AssertionError:
         raise AssertionError(f"the text view shows {shown()}, not the uploaded document's {expected}") from None
     assert not page.locator(".attviz-error").count() and not alerts(page)
-    assert "Opened" in page.locator(".card", has_text="Open a file").inner_text()
+    page.get_by_text("Opened public-example1").wait_for()
     # no layer slider for data without layers; the vector slider stays
     assert not page.locator(".bk-Slider", has_text="Layer").is_visible()
     screenshot(page, "upload-legacy-json")
@@ -110,7 +110,7 @@ def test_uploading_the_original_attviz_json(page, server, server_log, screenshot
 def test_switching_from_gpt2_to_t5(page, server, server_log, screenshot):
     """#11 (2): GPT-2 -> T5 kept the GPT-2 matrix, offered no encoder/decoder/cross, logged tracebacks."""
     explorer = open_session(page, server)
-    corpus = page.get_by_label("Corpus", exact=True)
+    corpus = page.get_by_label("Corpus", exact=True).first
     corpus.select_option("gpt2.zarr")
     _wait_until(lambda: explorer.source == "gpt2.zarr")
     page.locator(".bk-tab", has_text="Matrix").click()
@@ -131,7 +131,7 @@ def test_switching_from_gpt2_to_t5(page, server, server_log, screenshot):
 def test_every_head_combination(page, server, server_log):
     """#11 (3): 'AttViz entropy (head disagreement)' raised a DimsError; each option recolours or says why."""
     explorer = open_session(page, server)
-    page.get_by_label("Corpus", exact=True).select_option("bert.zarr")
+    page.get_by_label("Corpus", exact=True).first.select_option("bert.zarr")
     _wait_until(lambda: explorer.source == "bert.zarr")
     idle(page)
     reduction = page.get_by_label("Combine heads")
@@ -144,9 +144,8 @@ def test_every_head_combination(page, server, server_log):
         _wait_until(lambda value=value: explorer.head_reduction == value)
         idle(page)
         assert not alerts(page), (label, alerts(page))
-        vector = _wait_until(lambda: explorer.token_vector)
-        expected = explorer.head_vectors if value == "head" else None
-        seen.add("|".join(colors(page)))
-        if expected is not None:
-            assert len(colors(page)) == vector.sizes["token"]
+        _wait_until(lambda: explorer.token_vector is not None)
+        shown = colors(page)
+        assert len(shown) == explorer.token_vector.sizes["token"]
+        seen.add("|".join(shown))
     assert len(seen) >= 3  # the combinations colour the tokens differently
