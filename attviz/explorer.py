@@ -122,7 +122,13 @@ class Explorer(SessionActions, DocumentReader):
         return self.needed is None or name in self.needed
 
     def _outputs(self, notes: list[str]) -> dict[str, tuple[Any, Any]]:
-        """``{output: (key, value)}`` for the needed outputs, from the cache where the key is known."""
+        """``{output: (key, value)}`` for the needed outputs; the others keep their values (and keys)
+        until a view that shows them is visible again."""
+        out = self._derived(notes)
+        return {k: v for k, v in out.items() if self._wanted(k) or k in ALWAYS}
+
+    def _derived(self, notes: list[str]) -> dict[str, tuple[Any, Any]]:
+        """``{output: (key, value)}``, from the cache where the key is known; heavy outputs only when needed."""
         out: dict[str, tuple[Any, Any]] = dict.fromkeys(OUTPUTS, (None, None))
         corpus = self.corpus(self.source)
         corpus_key = (self.source, Ref(corpus), len(corpus) if corpus is not None else 0)
@@ -155,11 +161,12 @@ class Explorer(SessionActions, DocumentReader):
         reduction = self.head_reduction if has_heads else HEAD
         head = self.head if reduction == HEAD and has_heads else None
         matrix_key = (layer_key, head, reduction)
-        if self.matrix_reduction() or not has_heads:
-            out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: self._matrix(layer_matrices)))
-        else:
+        if not (self.matrix_reduction() or not has_heads):
             notes.append(f"'{self.head_reduction}' combines token colours only: choose another to see a matrix")
-        self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
+        elif self._wanted("matrix"):
+            out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: self._matrix(layer_matrices)))
+        if self._wanted("token_vector") or self._wanted("head_vectors"):
+            self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
         if self._wanted("head_summary"):
             summary_key = (doc_key, self.kind)
             summary = self._cache.get("head_summary", summary_key, lambda: self._summary(doc))
@@ -326,6 +333,8 @@ class Explorer(SessionActions, DocumentReader):
 
 
 _UNSET = object()
+#: Outputs derived whatever the views show: the controls depend on them.
+ALWAYS = ("document", "attention")
 
 
 def _loaded(attention: xr.DataArray, layer: int | None) -> xr.DataArray:

@@ -17,7 +17,7 @@ import panel as pn
 import param
 
 from attviz import registry
-from attviz.explorer import Explorer
+from attviz.explorer import ALWAYS, Explorer
 from attviz.layout_cards import export_card, live_card, upload_card
 from attviz.views.base import INPUTS, LINKED, REQUIREMENTS
 
@@ -44,8 +44,6 @@ FEEDS = {
 }
 #: The explorer parameter behind each extra view input (keys: :data:`~attviz.views.INPUTS`).
 INPUT_FEEDS = {"aggregate": "token_vector", "other": "other_matrix"}
-#: Outputs derived whatever is visible: they decide what the controls offer.
-ALWAYS = {"document", "attention"}
 
 assert set(FEEDS) == set(REQUIREMENTS), "every view requirement needs an explorer output"
 

@@ -123,16 +123,13 @@ class ValueNormBars(View):
             hv.opts.Overlay(title=f"α vs ||αf(x)|| from {query}", legend_position="top_right"),
         )
 
-    @param.depends("data", "norms")
-    def _notice(self) -> pn.viewable.Viewable:
-        message = self.message()
-        if not message:
-            return pn.Spacer(height=0)
-        return pn.pane.Alert(message, alert_type="info", sizing_mode="stretch_width")
-
     def __panel__(self) -> pn.viewable.Viewable:
+        # One Alert updated in place (a param.depends method would build new panes on every change,
+        # outside the served document, whose stylesheets then point at Panel's CDN).
+        message = pn.bind(lambda _data, _norms: self.message(), self.param.data, self.param.norms)
+        notice = pn.pane.Alert(message, alert_type="info", visible=pn.bind(bool, message), sizing_mode="stretch_width")
         return pn.Column(
-            self._notice,
+            notice,
             pn.pane.HoloViews(hv.DynamicMap(self.plot), sizing_mode="stretch_width"),
             sizing_mode="stretch_width",
         )
