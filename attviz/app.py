@@ -71,6 +71,12 @@ def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveMode
     return pn.state.as_cached(key, make)
 
 
+ACTIVE_BUTTON_CSS = """
+.bk-btn-group .bk-btn.bk-active { background-color: #2F4858 !important; color: #fff !important; border-color: #2F4858; font-weight: 600; }
+.bk-btn-group .bk-btn:not(.bk-active) { background-color: #fff; color: #2F4858; }
+"""
+
+
 class OfflineFast(Fast):
     """Panel's Fast design without its Google web font: the app makes no request outside its server.
 
@@ -78,6 +84,12 @@ class OfflineFast(Fast):
     """
 
     _resources: ClassVar[dict[str, Any]] = {**Fast._resources, "font": {}}
+    #: The chosen button of a toggle group is filled, so it reads as chosen (Fast draws both alike).
+    modifiers: ClassVar[dict[Any, Any]] = {
+        **Fast.modifiers,
+        pn.widgets.RadioButtonGroup: {"stylesheets": [ACTIVE_BUTTON_CSS]},
+        pn.widgets.CheckButtonGroup: {"stylesheets": [ACTIVE_BUTTON_CSS]},
+    }
 
 
 OfflineFast.__name__ = "Fast"

@@ -151,10 +151,16 @@ class ExplorerLayout(pn.viewable.Viewer):
             "<br>".join(html.escape(p) for p in self.problems), alert_type="warning", visible=bool(self.problems)
         )
         header = [self.views[n] for n in HEADER_VIEWS if n in self.views]
+        # One line (the predicted class, its probability, right or wrong) until opened: the views get the room.
         prediction = pn.Card(
-            *header, title="Prediction", collapsed=False, collapsible=True, sizing_mode="stretch_width", margin=(0, 5)
+            *header,
+            title=pn.bind(_prediction_line, e.param.document),
+            collapsed=True,
+            collapsible=True,
+            sizing_mode="stretch_width",
+            margin=(0, 5),
+            visible=pn.bind(_has_prediction, e.param.document),
         )
-        prediction.visible = pn.bind(_has_prediction, e.param.document)
         return pn.Column(message, notice, notes, prediction, self.tabs, sizing_mode="stretch_width")
 
     # -- controls -------------------------------------------------------------------------------
@@ -232,6 +238,17 @@ def _alert(explorer: Explorer, name: str, alert_type: str) -> pn.pane.Alert:
 
 def _has_prediction(doc: Any) -> bool:
     return doc is not None and bool(doc.probabilities or doc.prediction is not None or doc.label is not None)
+
+
+def _prediction_line(doc: Any) -> str:
+    """``Prediction: world 82.4 % ✓ (gold world)``: the card's title, readable while it is closed."""
+    if doc is None or not (doc.probabilities or doc.prediction is not None):
+        return "Prediction" if doc is None or doc.label is None else f"Gold label: {doc.label}"
+    predicted = doc.prediction if doc.prediction is not None else max(doc.probabilities, key=doc.probabilities.get)
+    share = f" {100 * doc.probabilities[predicted]:.1f} %" if predicted in (doc.probabilities or {}) else ""
+    right = doc.label is not None and str(predicted) == str(doc.label)
+    verdict = "" if doc.label is None else (" ✓" if right else f" ✗ (gold {doc.label})")
+    return f"Prediction: {predicted}{share}{verdict}"
 
 
 def _settings(agg: Any) -> Any:

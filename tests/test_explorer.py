@@ -486,3 +486,14 @@ def test_a_store_of_some_layers_and_heads_shows_the_model_numbers(tiny_bert):
     explorer.head_reduction = "mean"
     assert "model head <b>all kept</b>" in _kept_text(explorer)
     assert _kept_text(Explorer(corpus_of())) == ""  # every layer and head: nothing to say
+
+
+def test_the_prediction_card_title_says_the_prediction_in_one_line():
+    from attviz.layout import _prediction_line
+
+    right = Document(id="a", text="t", label="pets", prediction="pets", probabilities={"pets": 0.9, "cars": 0.1})
+    wrong = Document(id="b", text="t", label="pets", prediction="cars", probabilities={"pets": 0.4, "cars": 0.6})
+    assert _prediction_line(right) == "Prediction: pets 90.0 % ✓"
+    assert _prediction_line(wrong) == "Prediction: cars 60.0 % ✗ (gold pets)"
+    assert _prediction_line(Document(id="c", text="t", label="pets")) == "Gold label: pets"
+    assert _prediction_line(None) == "Prediction"

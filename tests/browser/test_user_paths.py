@@ -149,3 +149,25 @@ def test_every_head_combination(page, server, server_log):
         assert len(shown) == explorer.token_vector.sizes["token"]
         seen.add("|".join(shown))
     assert len(seen) >= 3  # the combinations colour the tokens differently
+
+
+def test_layout_compact_prediction_and_visible_choices(page, server, server_log, screenshot):
+    """#11 (9): the prediction card took ~40 % of the screen; chosen toggle buttons looked unchosen."""
+    explorer = open_session(page, server)
+    page.get_by_label("Corpus", exact=True).first.select_option("bert.zarr")
+    _wait_until(lambda: explorer.source == "bert.zarr")
+    idle(page)
+    header = page.locator(".card-header", has_text="Prediction:")
+    header.wait_for()
+    assert header.bounding_box()["height"] < 60  # one line until opened
+    from attviz.layout import _prediction_line
+
+    page.get_by_text(_prediction_line(explorer.document), exact=True).wait_for()
+    group = page.locator(".bk-btn-group", has_text="highlight")
+    backgrounds = group.locator("button").evaluate_all(
+        "bs => bs.map(b => [b.classList.contains('bk-active'), getComputedStyle(b).backgroundColor])"
+    )
+    chosen = {color for active, color in backgrounds if active}
+    others = {color for active, color in backgrounds if not active}
+    assert len(chosen) == 1 and not chosen & others, backgrounds
+    screenshot(page, "layout-compact")
