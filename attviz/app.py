@@ -72,7 +72,9 @@ def live_model(corpora: dict[str, Corpus], model: str | None = None) -> LiveMode
 
 
 ACTIVE_BUTTON_CSS = """
-.bk-btn-group .bk-btn.bk-active { background-color: #2F4858 !important; color: #fff !important; border-color: #2F4858; font-weight: 600; }
+.bk-btn-group .bk-btn.bk-active {
+  background-color: #2F4858 !important; color: #fff !important; border-color: #2F4858; font-weight: 600;
+}
 .bk-btn-group .bk-btn:not(.bk-active) { background-color: #fff; color: #2F4858; }
 """
 
