@@ -117,7 +117,19 @@ def create_app(inputs: Sequence[str] = (), model: str | None = None, *, live: bo
         design=OfflineFast,
     )
     template.explorer = explorer  # for tests and --setup scripts
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        indicator = template.busy_indicator
+        pn.state.on_session_destroyed(lambda _context: _forget_indicator(indicator))
     return template
+
+
+def _forget_indicator(indicator: Any) -> None:
+    """Panel keeps every session's busy indicator in one process-wide list and sets them all whenever
+    any session is busy (panel 1.9): a closed session's indicator then writes into a document nobody
+    holds ('_pending_writes should be non-None'). Drop it when its session ends."""
+    indicators = getattr(pn.state, "_indicators", None)
+    if indicators is not None and indicator in indicators:
+        indicators.remove(indicator)
 
 
 def warm(inputs: Sequence[str] = (), model: str | None = None) -> None:

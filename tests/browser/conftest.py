@@ -168,6 +168,9 @@ def stop_server(thread: Any) -> None:
     thread.join(timeout=10)
     for registry in (getattr(pn.state, "_servers", {}), getattr(pn.state, "_threads", {})):
         registry.pop(getattr(thread, "server_id", None), None)
+    # Its sessions are gone without being destroyed: forget their busy indicators (as Panel's own test
+    # fixtures do with state.reset()), or the next server's busy state writes into their documents.
+    getattr(pn.state, "_indicators", []).clear()
 
 
 @pytest.fixture
