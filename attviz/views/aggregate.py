@@ -4,29 +4,33 @@ The original AttViz "graph" view, fixed: the y axis autoscales (values above 1 s
 scale copes with zeros, the x axis names the tokens, the plot is linked to the text (selected token
 as a vertical line; a tap selects the nearest token) and the Bokeh save tool exports PNG, or SVG
 with ``backend="svg"``. The extremes over heads are the registered ``min`` and ``max`` aggregations.
+
+The view owns one Bokeh figure (no HoloViews on the update path): a change replaces only the
+columns that changed (a head change of the same layer sends the line's two value columns, not the
+heads' points nor the token labels), a title change sets the title and a selection moves one span.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
-import holoviews as hv
-import holoviews.plotting.bokeh  # registers the bokeh backend and its options
 import numpy as np
 import panel as pn
 import param
 import xarray as xr
+from bokeh.events import Tap
+from bokeh.models import ColumnDataSource, HoverTool, Range1d, Span
+from bokeh.plotting import figure
 
 from attviz.views.base import View
 from attviz.views.common import (
     TITLE_DOC,
+    TapEvents,
     describe,
     head_rows,
     hover_labels,
     over_heads,
-    page_scroll_hook,
-    title_hook,
+    plain_text,
     token_labels,
 )
 from attviz.views.matrix import set_token_axis
@@ -36,10 +40,11 @@ EXTREME_COLOR = "red"
 OTHER_COLOR = "grey"
 _TOOLTIPS = [
     ("token", "@{token_text} (@{token})"),  # readable and raw token, escaped by Bokeh
-    ("value", "@value{0.000}"),
-    ("min", "@min{0.000}"),
-    ("max", "@max{0.000}"),
+    ("value", "@{value}{0.000}"),
+    ("min", "@{min}{0.000}"),
+    ("max", "@{max}{0.000}"),
 ]
+SERIES = ("other", "extreme", "line")  # drawn in this order (the line on top)
 
 
 def log_floor(values: np.ndarray) -> float:
@@ -49,18 +54,28 @@ def log_floor(values: np.ndarray) -> float:
     return float(positive.min() / 10) if positive.size else 1e-6
 
 
-def plot_frames(rows: xr.DataArray, aggregate: np.ndarray, texts: list[str], scale: str) -> dict[str, Any]:
+def plot_frames(
+    rows: xr.DataArray,
+    aggregate: np.ndarray,
+    texts: list[str],
+    scale: str,
+    extremes: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """The columns of the three series (aggregate line, min/max markers, every head) for one document.
 
     ``rows`` is ``(head, token)``; its extremes come from the ``min``/``max`` aggregations over heads.
     With ``scale="log"`` the plotted ``attention`` values are clipped below at :func:`log_floor`
-    (``value`` keeps the true numbers for the hover). ``texts`` are the hover's token labels.
+    (``value`` keeps the true numbers for the hover). ``texts`` are the hover's token labels;
+    ``extremes`` the (min, max) over heads when already known.
     """
     values = np.asarray(rows.values, dtype=np.float64)
     n = values.shape[1]
     x = np.arange(n)
-    lo = over_heads("min", rows) if len(values) else aggregate
-    hi = over_heads("max", rows) if len(values) else aggregate
+    if extremes is not None and len(values):
+        lo, hi = extremes
+    else:
+        lo = over_heads("min", rows) if len(values) else aggregate
+        hi = over_heads("max", rows) if len(values) else aggregate
     floor = log_floor(np.concatenate([values.ravel(), aggregate])) if scale == "log" else None
 
     def y(v: np.ndarray) -> np.ndarray:
@@ -71,6 +86,44 @@ def plot_frames(rows: xr.DataArray, aggregate: np.ndarray, texts: list[str], sca
     extreme = {"token": np.concatenate([x, x]), "attention": y(np.concatenate([lo, hi]))}
     other = {"token": np.tile(x, len(values)), "attention": y(values.ravel())}
     return {"line": line, "extreme": extreme, "other": other, "floor": floor}
+
+
+def _changed(old: Any, new: Any) -> bool:
+    if isinstance(old, np.ndarray) or isinstance(new, np.ndarray):
+        old, new = np.asarray(old), np.asarray(new)
+        if old.dtype.kind in "fc" and new.dtype.kind in "fc":
+            return old.shape != new.shape or not np.array_equal(old, new, equal_nan=True)
+        return old.shape != new.shape or not np.array_equal(old, new)
+    return old != new
+
+
+def update_columns(source: ColumnDataSource, columns: dict[str, Any]) -> None:
+    """Set the columns of ``source`` that changed (only those are sent to the browser)."""
+    data = source.data
+    if set(columns) != set(data) or len(next(iter(columns.values()), ())) != len(next(iter(data.values()), ())):
+        source.data = columns
+        return
+    changed = {k: v for k, v in columns.items() if _changed(data[k], v)}
+    if changed:
+        data.update(changed)
+
+
+def y_bounds(frames: dict[str, Any]) -> tuple[float, float]:
+    """The y range drawn: every plotted value with 5 % padding (linear: from 0 or below; log: in decades)."""
+    values = np.concatenate([np.asarray(frames[k]["attention"], dtype=np.float64).ravel() for k in SERIES])
+    values = values[np.isfinite(values)]
+    if frames["floor"] is not None:  # log
+        low = float(values.min()) if values.size else frames["floor"]
+        high = float(values.max()) if values.size else 1.0
+        high = max(high, low * 10)
+        span = np.log10(high) - np.log10(low)
+        return 10 ** (np.log10(low) - 0.05 * span), 10 ** (np.log10(high) + 0.05 * span)
+    low = min(0.0, float(values.min())) if values.size else 0.0
+    high = float(values.max()) if values.size else 1.0
+    if high <= low:
+        high = low + 1.0
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
 
 
 class AggregatePlot(View):
@@ -94,10 +147,13 @@ class AggregatePlot(View):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self._pipe = hv.streams.Pipe(data=self._frames())
-        self._selection = hv.streams.Params(parameterized=self, parameters=["selected_token"])
         self._labels: list[str] = []
-        self._pane = pn.pane.HoloViews(self._build(), sizing_mode="stretch_width")
+        self._extremes: tuple[Any, Any] = (None, None)  # (data, (min, max) over its heads)
+        self._tap = TapEvents()  # a tap anywhere selects the nearest token
+        self._tap.add_subscriber(self._on_tap)
+        self._frames_now = self._frames()
+        self._figure = self._build()
+        self._pane = pn.pane.Bokeh(self._figure, sizing_mode="stretch_width")
         self._layout: pn.layout.Panel | None = None
 
     def _frames(self) -> dict[str, Any]:
@@ -115,15 +171,14 @@ class AggregatePlot(View):
         else:
             values = np.zeros(rows.sizes["token"])
         self._labels = token_labels(data, "token")
-        return plot_frames(rows, values, hover_labels(data, "token"), self.scale)
+        if self._extremes[0] is not self.data:  # a head change keeps the layer: the same extremes
+            extremes = (over_heads("min", rows), over_heads("max", rows)) if rows.sizes["head"] else None
+            self._extremes = (self.data, extremes)
+        return plot_frames(rows, values, hover_labels(data, "token"), self.scale, self._extremes[1])
 
     def plot_title(self) -> str:
         """The plot's title: the ``title`` input, else the name of the line (and the layer)."""
         return self.title or describe(self.aggregate if isinstance(self.aggregate, xr.DataArray) else self.data)
-
-    def _axes_hook(self, plot: Any, element: Any) -> None:
-        """Token labels on the x axis (every token up to ``max_labels``)."""
-        set_token_axis(plot.state.xaxis[0], self._labels, self.max_labels, rotate=True)
 
     def _ylabel(self, floor: float | None) -> str:
         name = "attention"
@@ -133,44 +188,71 @@ class AggregatePlot(View):
                 break
         return name if floor is None else f"{name} (log; values ≤ {floor:.2g} drawn at {floor:.2g})"
 
-    def _series(self, kind: str, data: dict[str, Any]) -> hv.Element:
-        """One series, one glyph: faint heads ("other"), red extremes, or the orange aggregate line."""
-        y = hv.Dimension("attention", label=self._ylabel(data["floor"]))
-        if kind == "line":
-            vdims = [y, "value", "min", "max", "token_text"]
-            return hv.Curve(data["line"], "token", vdims, label="aggregate").opts(
-                color=AGGREGATE_COLOR, line_width=2, tools=["hover"], hover_tooltips=_TOOLTIPS, hover_mode="vline"
-            )
-        if kind == "extreme":
-            return hv.Scatter(data["extreme"], "token", y, label="extreme").opts(
-                color=EXTREME_COLOR, marker="triangle", size=5, alpha=0.8
-            )
-        return hv.Scatter(data["other"], "token", y, label="other").opts(color=OTHER_COLOR, alpha=0.25, size=3)
-
-    def _selected(self, selected_token: int | None) -> hv.VLine:
-        x = np.nan if selected_token is None else float(selected_token)
-        return hv.VLine(x, kdims=["token", "attention"]).opts(color="black", line_width=1.5, line_dash="dashed")
-
-    def _build(self) -> hv.DynamicMap:
-        """Three series fed by one Pipe, and the selection in its own DynamicMap (cheap to move)."""
-        series = {
-            kind: hv.DynamicMap(partial(self._series, kind), streams=[self._pipe]).opts(framewise=True)
-            for kind in ("other", "extreme", "line")
-        }
-        self._tap = hv.streams.Tap(source=series["line"])  # a tap anywhere selects the nearest token
-        self._tap.add_subscriber(self._on_tap)
-        selection = hv.DynamicMap(self._selected, streams=[self._selection])
-        return (series["other"] * series["extreme"] * series["line"] * selection).opts(
-            responsive=True,
+    # -- the figure ----------------------------------------------------------------------------------
+    def _build(self) -> figure:
+        """The figure: three series (faint heads, red extremes, the orange aggregate line) and the
+        selected token as a dashed span; built again only for a new scale, backend or height."""
+        frames = self._frames_now
+        low, high = y_bounds(frames)
+        n = len(frames["line"]["token"])
+        fig = figure(
             height=self.height,
-            logy=self.scale == "log",
-            show_legend=True,
-            legend_position="top_right",
-            xlabel="token",
-            hooks=[self._axes_hook, title_hook(self.plot_title), page_scroll_hook],
-            backend_opts={"plot.output_backend": self.backend},
-            backend="bokeh",
+            min_width=250,
+            sizing_mode="stretch_width",
+            x_range=Range1d(-0.5, max(n - 0.5, 0.5)),
+            y_range=Range1d(low, high),
+            y_axis_type="log" if self.scale == "log" else "linear",
+            tools="pan,wheel_zoom,box_zoom,reset,save,tap",
+            toolbar_location="above",
+            output_backend=self.backend,
+            title=plain_text(self.plot_title()),
+            x_axis_label="token",
+            y_axis_label=plain_text(self._ylabel(frames["floor"])),
         )
+        fig.toolbar.active_scroll = None  # the wheel scrolls the page until the user picks the tool
+        self._sources = {kind: ColumnDataSource(self._columns(kind, frames)) for kind in SERIES}
+        fig.scatter("token", "attention", source=self._sources["other"], color=OTHER_COLOR, alpha=0.25, size=3,
+                    legend_label="other")  # fmt: skip
+        fig.scatter("token", "attention", source=self._sources["extreme"], color=EXTREME_COLOR, marker="triangle",
+                    size=5, alpha=0.8, legend_label="extreme")  # fmt: skip
+        line = fig.line("token", "attention", source=self._sources["line"], color=AGGREGATE_COLOR, line_width=2,
+                        legend_label="aggregate")  # fmt: skip
+        fig.add_tools(HoverTool(renderers=[line], tooltips=_TOOLTIPS, mode="vline"))
+        fig.legend.location = "top_right"
+        self._span = Span(location=self._span_location(), dimension="height", line_color="black", line_width=1.5,
+                          line_dash="dashed")  # fmt: skip
+        fig.add_layout(self._span)
+        set_token_axis(fig.xaxis[0], self._labels, self.max_labels, rotate=True)
+        fig.on_event(Tap, lambda event: self._tap.event(x=event.x, y=event.y))
+        return fig
+
+    @staticmethod
+    def _columns(kind: str, frames: dict[str, Any]) -> dict[str, Any]:
+        columns = dict(frames[kind])
+        if kind == "line":
+            columns["token_text"] = list(columns["token_text"])
+        return columns
+
+    def _span_location(self) -> float:
+        return np.nan if self.selected_token is None else float(self.selected_token)
+
+    def _redraw(self) -> None:
+        """Put the current frames into the figure: the columns that changed, the ranges, the labels."""
+        frames, fig = self._frames_now, self._figure
+        for kind in SERIES:
+            update_columns(self._sources[kind], self._columns(kind, frames))
+        low, high = y_bounds(frames)
+        n = len(frames["line"]["token"])
+        updates = {"start": low, "end": high}
+        fig.y_range.update(**{k: v for k, v in updates.items() if getattr(fig.y_range, k) != v})
+        x = {"start": -0.5, "end": max(n - 0.5, 0.5)}
+        if (fig.x_range.start, fig.x_range.end) != (x["start"], x["end"]):
+            fig.x_range.update(**x)
+        ylabel = plain_text(self._ylabel(frames["floor"]))
+        if fig.yaxis[0].axis_label != ylabel:
+            fig.yaxis[0].axis_label = ylabel
+        set_token_axis(fig.xaxis[0], self._labels, self.max_labels, rotate=True)
+        self._retitle()
 
     def _on_tap(self, x: float | None = None, y: float | None = None) -> None:
         if x is None or self.data is None:
@@ -178,21 +260,29 @@ class AggregatePlot(View):
         n = self.data.sizes["token"]
         self.selected_token = int(np.clip(np.floor(x + 0.5), 0, max(n - 1, 0)))
 
-    @param.depends("data", "aggregate", "title", "max_labels", watch=True)
+    @param.depends("data", "aggregate", "max_labels", watch=True)
     def _send(self) -> None:
-        self._pipe.send(self._frames())
-        self._forget()
+        self._frames_now = self._frames()
+        self._redraw()
+
+    @param.depends("title", watch=True)
+    def _retitle(self) -> None:
+        title = plain_text(self.plot_title())
+        if self._figure.title.text != title:
+            self._figure.title.text = title
 
     @param.depends("selected_token", watch=True)
-    def _forget(self) -> None:
-        """Drop the frame HoloViews keeps from the first render, so a later render shows the current state."""
-        self._pane.object.reset()
+    def _select(self) -> None:
+        location = self._span_location()
+        if not (np.isnan(location) and np.isnan(self._span.location or np.nan)):
+            self._span.location = location
 
     @param.depends("scale", "backend", "height", watch=True)
     def _rebuild(self) -> None:
         """An axis type, output backend or height cannot change in place: build the plot anew (rare)."""
-        self._pipe.data = self._frames()
-        self._pane.object = self._build()
+        self._frames_now = self._frames()
+        self._figure = self._build()
+        self._pane.object = self._figure
 
     def __panel__(self) -> pn.layout.Panel:
         if self._layout is None:

@@ -165,6 +165,20 @@ class AxisLabels(NamedTuple):
         )
 
 
+class TapEvents:
+    """``event(x=..., y=...)`` calls the subscribers, as a Bokeh tap on the figure does (tests, scripts)."""
+
+    def __init__(self) -> None:
+        self.subscribers: list[Any] = []
+
+    def add_subscriber(self, callback: Any) -> None:
+        self.subscribers.append(callback)
+
+    def event(self, x: float | None = None, y: float | None = None) -> None:
+        for callback in self.subscribers:
+            callback(x=x, y=y)
+
+
 def shown_when(condition: Any, pane: Any) -> Any:
     """``pane`` in a Column that is visible while ``condition`` (a param reference) holds.
 

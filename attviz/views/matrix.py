@@ -2,8 +2,15 @@
 
 Axes are integer positions (a categorical HeatMap would merge duplicate tokens); readable token
 labels (:func:`attviz.views.common.token_labels`) are the ticks when few enough to read, and hover
-shows both tokens (readable and raw). Large matrices are rasterised
-with datashader using the *max* aggregator, so a single strong cell is not averaged away.
+shows both tokens (readable and raw). Large matrices are rasterised with the *max* of each block of
+cells, so a single strong cell is not averaged away.
+
+:class:`MatrixView` owns one Bokeh figure with one ``image`` glyph (no HoloViews on its update
+path): a head change replaces the image's float32 data and the colour range; the token axes, the
+hover labels and the zoom stay as they are while the document's tokens do not change. Above
+``rasterize_above`` tokens the image is max-pooled to the plot's pixels (:func:`max_pool`) and
+pooled again for the visible window when the user zooms. The HoloViews helpers below
+(:func:`matrix_plot`, :func:`rasterize_large`, ...) draw the comparison view's matrices.
 """
 
 from __future__ import annotations
@@ -16,15 +23,33 @@ import numpy as np
 import panel as pn
 import param
 import xarray as xr
-from bokeh.models import BasicTicker, CustomJSHover, CustomJSTickFormatter, FixedTicker, HoverTool
+from bokeh.core.property.descriptors import UnsetValueError
+from bokeh.events import RangesUpdate, Tap
+from bokeh.models import (
+    BasicTicker,
+    BoxAnnotation,
+    ColorBar,
+    ColumnDataSource,
+    CustomJSHover,
+    CustomJSTickFormatter,
+    FixedTicker,
+    HoverTool,
+    LinearColorMapper,
+    LogColorMapper,
+    Range1d,
+)
+from bokeh.plotting import figure
 from holoviews.operation.datashader import regrid
+from holoviews.plotting.util import process_cmap
 
 from attviz.views.base import View
 from attviz.views.common import (
     TITLE_DOC,
     AxisLabels,
+    TapEvents,
     describe,
     page_scroll_hook,
+    plain_text,
     shown_when,
     title_hook,
     token_positions,
@@ -215,11 +240,41 @@ def value_range(values: np.ndarray, log_scale: bool = False) -> tuple[float, flo
     return low, high if high > low else low + 1.0
 
 
+def max_pool(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """``values`` reduced to at most ``rows`` × ``cols`` by the max of equal blocks of cells (NaN ignored
+    unless a block holds only NaN); never enlarged."""
+    n_rows, n_cols = values.shape
+    fr, fc = max(1, -(-n_rows // max(rows, 1))), max(1, -(-n_cols // max(cols, 1)))
+    if fr == 1 and fc == 1:
+        return values
+    pr, pc = -n_rows % fr, -n_cols % fc
+    padded = np.pad(values, ((0, pr), (0, pc)), constant_values=np.nan) if pr or pc else values
+    blocks = padded.reshape(padded.shape[0] // fr, fr, padded.shape[1] // fc, fc)
+    with np.errstate(invalid="ignore"):
+        if np.isnan(blocks).any():
+            return np.fmax.reduce(np.fmax.reduce(blocks, axis=3), axis=1).astype(np.float32)
+        return blocks.max(axis=(1, 3))
+
+
+def _reported(model: Any, name: str) -> Any:
+    """A property BokehJS reports (e.g. ``inner_width``), or None before it did."""
+    try:
+        return getattr(model, name)
+    except UnsetValueError:
+        return None
+
+
+#: Pixels assumed for the plot's data area until the browser reports its size (width; height is
+#: the view's ``height`` minus :data:`_CHROME` for the title, toolbar and axis).
+_DEFAULT_WIDTH = 800
+_CHROME = 110
+
+
 class MatrixView(View):
     """The ``(query, key)`` attention matrix as an image: query rows top to bottom, key columns.
 
     Tap a cell to select its query token (``selected_token``); the selected row is highlighted by
-    an overlay of its own, so a selection does not redraw the image.
+    a box of its own, so a selection does not redraw the image.
     """
 
     description = "Attention matrix (query rows × key columns); tap a row to select its token"
@@ -239,37 +294,173 @@ class MatrixView(View):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._layout: pn.viewable.Viewable | None = None
-        self._plot_pane: pn.pane.HoloViews | None = None
         self._labels = AxisLabels.of(None)
         self._query_positions = np.zeros(0, dtype=np.int64)
-        self._range_xy = hv.streams.RangeXY()
-        self._update_tokens()
+        self._values = np.zeros((0, 0), dtype=np.float32)
+        self._tokens_key: Any = None
+        self._window: tuple[float, float, float, float] | None = None  # zoomed-in (x0, x1, y0, y1)
+        self._tap = TapEvents()
+        self._tap.add_subscriber(self._on_tap)
+        self._figure = self._build()
+        self._plot_pane = pn.pane.Bokeh(self._figure, sizing_mode="stretch_width")
+        self._update()
 
-    @param.depends("data", watch=True)
-    def _update_tokens(self) -> None:
-        self._range_xy.reset()  # show a new matrix in full (runs before the plot's own watchers)
+    # -- data ----------------------------------------------------------------------------------------
+    def _shown(self) -> xr.DataArray | None:
         data = self.data
-        if isinstance(data, xr.DataArray) and self.can_show(data):
-            self._labels = AxisLabels.of(data)
-            self._query_positions = token_positions(data, "query")
-        else:
-            self._labels = AxisLabels.of(None)
-            self._query_positions = np.zeros(0, dtype=np.int64)
-
-    def _image(self, data: Any, title: str = "") -> hv.Image:
-        vdim = value_dimension(data if isinstance(data, xr.DataArray) else None)
-        if not (isinstance(data, xr.DataArray) and self.can_show(data)):
-            return empty_image(vdim)
-        values = matrix_values(data)
-        return matrix_image(values, vdim, value_range(values, self.log_scale))
+        return data if isinstance(data, xr.DataArray) and self.can_show(data) else None
 
     def plot_title(self) -> str:
         """The title of the plot: the ``title`` input, else the data's long name, layer and head."""
         return self.title or describe(self.data, "attention")
 
-    def _selection(self, selected_token: int | None, data: Any) -> hv.HSpan:
-        row = index_of(self._query_positions, selected_token)
-        return hv.HSpan(None, None) if row is None else hv.HSpan(row - 0.5, row + 0.5)
+    def _pixels(self) -> tuple[int, int]:
+        """(rows, cols) of screen pixels of the data area: reported by the browser, else assumed."""
+        width = _reported(self._figure, "inner_width") or _DEFAULT_WIDTH
+        height = _reported(self._figure, "inner_height") or max(self.height - _CHROME, 50)
+        return int(height), int(width)
+
+    def _raster(self) -> dict[str, Any]:
+        """The image columns: the matrix as is, or max-pooled to the pixels (of the zoomed window)."""
+        values = self._values
+        n_rows, n_cols = values.shape
+        if not values.size:
+            return {"image": [np.zeros((1, 1), np.float32)], "x": [-0.5], "y": [-0.5], "dw": [1.0], "dh": [1.0]}
+        if max(n_rows, n_cols) <= self.rasterize_above:
+            return {"image": [values], "x": [-0.5], "y": [-0.5], "dw": [float(n_cols)], "dh": [float(n_rows)]}
+        r0, r1, c0, c1 = 0, n_rows, 0, n_cols
+        if self._window is not None:
+            x0, x1, y0, y1 = self._window
+            c0, c1 = max(0, int(np.floor(x0 + 0.5))), min(n_cols, int(np.ceil(x1 + 0.5)))
+            r0, r1 = max(0, int(np.floor(y0 + 0.5))), min(n_rows, int(np.ceil(y1 + 0.5)))
+            if c1 <= c0 or r1 <= r0:
+                r0, r1, c0, c1 = 0, n_rows, 0, n_cols
+        rows, cols = self._pixels()
+        image = max_pool(values[r0:r1, c0:c1], rows, cols)
+        return {"image": [image], "x": [c0 - 0.5], "y": [r0 - 0.5], "dw": [float(c1 - c0)], "dh": [float(r1 - r0)]}
+
+    # -- the figure ----------------------------------------------------------------------------------
+    def _mapper(self) -> LinearColorMapper | LogColorMapper:
+        mapper = LogColorMapper if self.log_scale else LinearColorMapper
+        return mapper(palette=process_cmap(self.cmap, 256), low=0.0, high=1.0, nan_color="rgba(0, 0, 0, 0)")
+
+    def _build(self) -> figure:
+        """One figure: the image, a colour bar, the selected row's box, token axes and hover."""
+        fig = figure(
+            height=self.height,
+            min_width=250,
+            sizing_mode="stretch_width",
+            x_range=Range1d(-0.5, 0.5),
+            y_range=Range1d(0.5, -0.5),  # inverted: query 0 on top
+            tools="pan,wheel_zoom,box_zoom,reset,save,tap",
+            toolbar_location="above",
+            title=plain_text(self.plot_title()),
+            x_axis_label="key",
+            y_axis_label="query",
+        )
+        fig.toolbar.active_scroll = None  # the wheel scrolls the page until the user picks the tool
+        fig.grid.visible = False
+        self._source = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
+        self._color_mapper = self._mapper()
+        image = fig.image(
+            image="image", x="x", y="y", dw="dw", dh="dh", source=self._source, color_mapper=self._color_mapper
+        )
+        self._hover_formatters = {
+            "$x": CustomJSHover(code=HOVER_CODE, args={"labels": []}),
+            "$y": CustomJSHover(code=HOVER_CODE, args={"labels": []}),
+        }
+        fig.add_tools(HoverTool(renderers=[image], tooltips=HOVER_TOOLTIPS, formatters=self._hover_formatters))
+        self._colorbar = ColorBar(color_mapper=self._color_mapper, width=12)
+        fig.add_layout(self._colorbar, "right")
+        self._box = BoxAnnotation(
+            bottom=0, top=0, visible=False, fill_color="orange", fill_alpha=0.2, line_color="darkorange", line_width=2
+        )
+        fig.add_layout(self._box)
+        fig.on_event(Tap, lambda event: self._tap.event(x=event.x, y=event.y))
+        fig.on_event(RangesUpdate, self._on_zoom)
+        fig.on_change("inner_width", self._on_size)
+        fig.on_change("inner_height", self._on_size)
+        self._tokens_key = None
+        return fig
+
+    @param.depends("data", "rasterize_above", "max_labels", watch=True)
+    def _update(self) -> None:
+        """Show ``data``: the image and colour range always, tokens, axes and zoom when the tokens changed."""
+        data = self._shown()
+        self._values = matrix_values(data) if data is not None else np.zeros((0, 0), dtype=np.float32)
+        fig = self._figure
+        key = (
+            (tuple(token_positions(data, "query").tolist()), tuple(token_positions(data, "key").tolist()))
+            if data is not None
+            else None
+        )
+        labels = AxisLabels.of(data)
+        if key != self._tokens_key or labels != self._labels:  # another document, shape or transform
+            self._tokens_key, self._labels = key, labels
+            self._query_positions = token_positions(data, "query") if data is not None else np.zeros(0, np.int64)
+            self._window = None
+            n_rows, n_cols = self._values.shape
+            fig.x_range.update(start=-0.5, end=max(n_cols, 1) - 0.5)
+            fig.y_range.update(start=max(n_rows, 1) - 0.5, end=-0.5)
+            for key_, hover in (("$x", labels.key_hover), ("$y", labels.query_hover)):
+                if list(self._hover_formatters[key_].args["labels"]) != list(hover):
+                    self._hover_formatters[key_].args = {"labels": list(hover)}
+        set_token_axis(fig.xaxis[0], self._labels.key, self.max_labels, rotate=True)
+        set_token_axis(fig.yaxis[0], self._labels.query, self.max_labels)
+        self._recolour()
+        self._draw()
+        self._retitle()
+        self._select()
+
+    def _recolour(self) -> None:
+        low, high = value_range(self._values, self.log_scale) if self._values.size else (0.0, 1.0)
+        mapper = self._color_mapper
+        if (mapper.low, mapper.high) != (low, high):
+            mapper.update(low=low, high=high)
+
+    def _draw(self) -> None:
+        columns = self._raster()
+        current = self._source.data
+        changed = {k: v for k, v in columns.items() if k == "image" or list(current.get(k, [])) != v}
+        if set(current) != set(columns) or not current.get("image"):
+            self._source.data = columns
+        elif changed:
+            current.update(changed)
+
+    def _on_zoom(self, event: RangesUpdate) -> None:
+        n_rows, n_cols = self._values.shape
+        if max(n_rows, n_cols) <= self.rasterize_above or None in (event.x0, event.x1, event.y0, event.y1):
+            return
+        x0, x1 = sorted((event.x0, event.x1))
+        y0, y1 = sorted((event.y0, event.y1))
+        full = x0 <= -0.5 and x1 >= n_cols - 0.5 and y0 <= -0.5 and y1 >= n_rows - 0.5
+        window = None if full else (x0, x1, y0, y1)
+        if window != self._window:
+            self._window = window
+            self._draw()
+
+    def _on_size(self, attr: str, old: Any, new: Any) -> None:
+        if max(self._values.shape, default=0) > self.rasterize_above:
+            self._draw()
+
+    @param.depends("title", watch=True)
+    def _retitle(self) -> None:
+        title = plain_text(self.plot_title())
+        if self._figure.title.text != title:
+            self._figure.title.text = title
+
+    @param.depends("cmap", watch=True)
+    def _recmap(self) -> None:
+        self._color_mapper.palette = process_cmap(self.cmap, 256)
+
+    @param.depends("selected_token", watch=True)
+    def _select(self) -> None:
+        row = index_of(self._query_positions, self.selected_token)
+        if row is None:
+            if self._box.visible:
+                self._box.visible = False
+        else:
+            self._box.update(bottom=row - 0.5, top=row + 0.5, visible=True)
 
     def _on_tap(self, x: float | None = None, y: float | None = None) -> None:
         if y is None:
@@ -278,37 +469,15 @@ class MatrixView(View):
         if 0 <= row < len(self._query_positions):
             self.selected_token = int(self._query_positions[row])
 
-    def _plot(self) -> hv.DynamicMap:
-        images = hv.DynamicMap(pn.bind(self._image, data=self.param.data, title=self.param.title))
-        shown = matrix_plot(
-            images,
-            labels=lambda: self._labels,
-            max_labels=lambda: self.max_labels,
-            threshold=self.param.rasterize_above,
-            range_xy=self._range_xy,
-            title=self.plot_title,
-            log_scale=self.log_scale,
-            cmap=self.param.cmap,
-            height=self.height,
-            tools=["hover", "tap"],
-        )
-        self._tap = hv.streams.Tap(source=shown, transient=True)
-        self._tap.add_subscriber(self._on_tap)
-        selection = hv.DynamicMap(
-            pn.bind(self._selection, selected_token=self.param.selected_token, data=self.param.data)
-        ).opts(fill_color="orange", fill_alpha=0.2, line_color="darkorange", line_width=2)
-        return (shown * selection).opts(hooks=[page_scroll_hook])  # the overlay sets the active tools last
-
     @param.depends("log_scale", "height", watch=True)
     def _rebuild(self) -> None:
         # A log colour mapper is another Bokeh model type; these two settings rebuild the figure.
-        if self._plot_pane is not None:
-            self._range_xy.reset()
-            self._plot_pane.object = self._plot()
+        self._figure = self._build()
+        self._update()
+        self._plot_pane.object = self._figure
 
     def __panel__(self) -> pn.viewable.Viewable:
         if self._layout is None:
-            self._plot_pane = pn.pane.HoloViews(self._plot(), sizing_mode="stretch_width", linked_axes=False)
             placeholder = pn.pane.Markdown(
                 "*No matrix to show: choose a document (this view shows one (query, key) attention matrix). "
                 "A store of token vectors only keeps none: serve it with its model to recompute them.*",

@@ -206,6 +206,7 @@ class TextView(View):
         self._slider = pn.widgets.IntSlider.from_param(self.param.window_start, start=0, end=1, visible=False)
         self._layout: pn.layout.Panel | None = None
         self._shown: dict[str, Any] = {}  # what the figure draws: the last refresh's units and colours
+        self._structure_cache: tuple[Any, Any, dict[str, Any]] | None = None
         self._figure = pn.pane.HoloViews(None, linked_axes=False, sizing_mode="fixed")
         download = pn.widgets.FileDownload(
             callback=self._svg_file, filename="attviz-text.svg", label="Download SVG", embed=False, width=180
@@ -223,6 +224,11 @@ class TextView(View):
 
     def _rows(self) -> tuple[np.ndarray, list[str], np.ndarray, pd.DataFrame]:
         """(rows × tokens values, row names, aggregate per token, token table) of ``data``."""
+        rows, names, tokens, picked = self._picked_rows()
+        return rows, names, self._aggregate_values(rows, picked), tokens
+
+    def _picked_rows(self) -> tuple[np.ndarray, list[str], pd.DataFrame, xr.DataArray]:
+        """(rows × tokens values, row names, token table, the picked rows as a DataArray) of ``data``."""
         data = self.data if self.data.ndim == 2 else self.data.expand_dims(vector=["value"])
         row_dim = next(d for d in data.dims if d != "token")
         data = data.transpose(row_dim, "token")
@@ -232,15 +238,55 @@ class TextView(View):
             pick = [i for i in pick if 0 <= i < len(labels)] or list(range(len(labels)))
             data, labels = data.isel({row_dim: pick}), [labels[i] for i in pick]
         rows = np.asarray(data.values, dtype=np.float64)
+        names = [f"H{h}" if row_dim == "head" else str(h) for h in labels]
+        return rows, names, tokens_of(self.data, "token"), data
+
+    def _aggregate_values(self, rows: np.ndarray, picked: xr.DataArray) -> np.ndarray:
         agg = self.aggregate
         if isinstance(agg, xr.DataArray) and agg.dims == ("token",) and agg.sizes["token"] == rows.shape[1]:
-            agg_values = np.asarray(agg.values, dtype=np.float64)
-        elif len(rows):  # standalone use without an explorer: colour by the mean over the rows
-            agg_values = over_heads("mean", head_rows(data))
-        else:
-            agg_values = np.zeros(rows.shape[1])
-        names = [f"H{h}" if row_dim == "head" else str(h) for h in labels]
-        return rows, names, agg_values, tokens_of(self.data, "token")
+            return np.asarray(agg.values, dtype=np.float64)
+        if len(rows):  # standalone use without an explorer: colour by the mean over the rows
+            return over_heads("mean", head_rows(picked))
+        return np.zeros(rows.shape[1])
+
+    def _structure(self) -> dict[str, Any] | None:
+        """Everything but the colouring vector's part, cached while ``data`` and the settings are the same:
+        a head change (a new ``aggregate``, the same layer's rows) costs only the colours."""
+        key = (self.heads and tuple(self.heads), self.text, self.level, self.show_special, self.window_start,
+               self.max_tokens, self.mode, self.scale)  # fmt: skip
+        cached = self._structure_cache
+        if cached is not None and cached[0] is self.data and cached[1] == key:
+            return cached[2]
+        rows, names, tokens, picked = self._picked_rows()
+        n, maxed = len(tokens), self.scale == "max"
+        starts = unit_starts(tokens, self.level)
+        rows_u = np.fmax.reduceat(rows, starts, axis=1) if n else rows
+        shown = np.ones(len(starts), bool) if self.show_special else ~tokens["special"].to_numpy()[starts]
+        end = min(n, self.window_start + self.max_tokens)
+        units = np.flatnonzero(shown & (starts >= self.window_start) & (starts < end))
+        if self.window_start > 0 and not len(units):  # a shorter document: back to its start
+            return None
+        alphas = np.zeros((0, 0))
+        if self.mode != "highlight":
+            row_tops = np.nanmax(np.where(shown, rows_u, np.nan), axis=1, initial=0.0)
+            scaled = [scale_values(r, self.scale, t if maxed else None) for r, t in zip(rows_u, row_tops, strict=True)]
+            alphas = row_alpha(np.reshape(scaled, rows_u.shape))[:, units]
+        structure = {
+            "rows": rows,
+            "picked": picked,
+            "names": names,
+            "n": n,
+            "starts": starts,
+            "shown": shown,
+            "end": end,
+            "units": units,
+            "alphas": alphas,
+            "layout": layout_units(tokens, self.text, starts, units, at_end=end == n),
+            "head_values": _float32(rows_u[:, units]),
+            "row_alpha": _float32(alphas),
+        }
+        self._structure_cache = (self.data, key, structure)
+        return structure
 
     def _legend(self, top: float) -> str:
         full = f"{top:.3g} (the document's maximum)" if self.scale == "max" else "1 (absolute; values above 1 clipped)"
@@ -257,44 +303,36 @@ class TextView(View):
             self._shown = {}
             self._draw_figure()
             return
-        rows, names, agg, tokens = self._rows()
-        n, maxed = len(tokens), self.scale == "max"
-        starts = unit_starts(tokens, self.level)
-        agg_u = np.fmax.reduceat(agg, starts) if n else agg
-        rows_u = np.fmax.reduceat(rows, starts, axis=1) if n else rows
-        shown = np.ones(len(starts), bool) if self.show_special else ~tokens["special"].to_numpy()[starts]
-        top = float(np.nanmax(agg_u[shown], initial=0.0))
-        end = min(n, self.window_start + self.max_tokens)
-        units = np.flatnonzero(shown & (starts >= self.window_start) & (starts < end))
-        if self.window_start > 0 and not len(units):  # a shorter document: back to its start
+        structure = self._structure()
+        if structure is None:  # a shorter document: back to its start
             self.window_start = 0
             return
-        alphas = np.zeros((0, 0))
-        if self.mode != "highlight":
-            row_tops = np.nanmax(np.where(shown, rows_u, np.nan), axis=1, initial=0.0)
-            scaled = [scale_values(r, self.scale, t if maxed else None) for r, t in zip(rows_u, row_tops, strict=True)]
-            alphas = row_alpha(np.reshape(scaled, rows_u.shape))[:, units]
+        n, maxed, units, starts = structure["n"], self.scale == "max", structure["units"], structure["starts"]
+        agg = self._aggregate_values(structure["rows"], structure["picked"])
+        agg_u = np.fmax.reduceat(agg, starts) if n else agg
+        top = float(np.nanmax(agg_u[structure["shown"]], initial=0.0))
         intensity = scale_values(agg_u, self.scale, top if maxed else None)[units]
         step = max(1, self.max_tokens // 4)
         self._slider.param.update(end=max(1, n - self.max_tokens), step=step, visible=n > self.max_tokens)
-        layout = layout_units(tokens, self.text, starts, units, at_end=end == n)
+        names, layout = structure["names"], structure["layout"]
         self._shown = {
             "layout": layout,
             "intensity": intensity if self.mode != "rows" else None,
-            "row_alpha": np.asarray(alphas),
+            "row_alpha": np.asarray(structure["alphas"]),
             "head_names": names,
             "head_rgb": head_rgb(len(names)),
             "legend": self._legend(top),
         }
         self._draw_figure()
+        end = structure["end"]
         self._update(
             **vars(layout),
             values=_float32(agg_u[units]),
             colors=css_colors(intensity) if self.mode != "rows" else [],
             head_names=names,
             head_rgb=head_rgb(len(names)),
-            head_values=_float32(rows_u[:, units]),
-            row_alpha=_float32(alphas),
+            head_values=structure["head_values"],
+            row_alpha=structure["row_alpha"],
             legend=self._legend(top),
             note=f"tokens {self.window_start + 1}–{end} of {n}" if n > self.max_tokens else "",
         )
