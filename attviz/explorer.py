@@ -76,7 +76,12 @@ class Explorer(SessionActions, DocumentReader):
     title = param.String(default="", precedence=-1, doc="What is shown: document, layer/head, token colour.")
     message = param.String(default="", precedence=-1, doc="The last problem to show the user ('' when none).")
     notice = param.String(default="", precedence=-1, doc="What to know about what is shown ('' when nothing).")
-    needed = param.Parameter(default=None, precedence=-1, doc="Outputs to derive (a set of names; None: all).")
+    needed = param.Parameter(
+        default=None,
+        precedence=-1,
+        doc="Outputs the visible views show (a set of names; None: all). The table, head summary and comparison "
+        "are derived only while named here; the matrix and token colours always.",
+    )
 
     def __init__(self, corpus: Corpus | Mapping[str, Corpus] | str | os.PathLike | None = None, **params: Any):
         self._cache = KeyedCache()
@@ -122,10 +127,11 @@ class Explorer(SessionActions, DocumentReader):
         return self.needed is None or name in self.needed
 
     def _outputs(self, notes: list[str]) -> dict[str, tuple[Any, Any]]:
-        """``{output: (key, value)}`` for the needed outputs; the others keep their values (and keys)
-        until a view that shows them is visible again."""
+        """``{output: (key, value)}``: the matrix and token colours always (what a notebook reads and most
+        views show); the optional ones (head summary, comparison) only while :attr:`needed` names them,
+        else they keep their values (and keys) until a view that shows them is visible again."""
         out = self._derived(notes)
-        return {k: v for k, v in out.items() if self._wanted(k) or k in ALWAYS}
+        return {k: v for k, v in out.items() if self._wanted(k) or k not in OPTIONAL}
 
     def _derived(self, notes: list[str]) -> dict[str, tuple[Any, Any]]:
         """``{output: (key, value)}``, from the cache where the key is known; heavy outputs only when needed."""
@@ -163,10 +169,9 @@ class Explorer(SessionActions, DocumentReader):
         matrix_key = (layer_key, head, reduction)
         if not (self.matrix_reduction() or not has_heads):
             notes.append(f"'{self.head_reduction}' combines token colours only: choose another to see a matrix")
-        elif self._wanted("matrix"):
+        else:
             out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: self._matrix(layer_matrices)))
-        if self._wanted("token_vector") or self._wanted("head_vectors"):
-            self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
+        self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
         if self._wanted("head_summary"):
             summary_key = (doc_key, self.kind)
             summary = self._cache.get("head_summary", summary_key, lambda: self._summary(doc))
@@ -329,12 +334,16 @@ class Explorer(SessionActions, DocumentReader):
         return ExplorerLayout(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
-        return self.__panel__()._repr_mimebundle_(include, exclude)
+        from attviz import notebook
+
+        return notebook.repr_mimebundle(self, include, exclude)  # never a blank cell offline
 
 
 _UNSET = object()
 #: Outputs derived whatever the views show: the controls depend on them.
 ALWAYS = ("document", "attention")
+#: Outputs derived only while a visible view shows them (see :attr:`Explorer.needed`).
+OPTIONAL = ("table", "head_summary", "other_matrix")
 
 
 def _loaded(attention: xr.DataArray, layer: int | None) -> xr.DataArray:

@@ -325,7 +325,7 @@ def test_readme_recipe_renders_offline_and_is_interactive(chromium, lab, screens
         for label in ("Layer", "Head", "Combine heads"):
             assert label in text, label
         # attviz's notice (for when Panel's JavaScript is missing) is in the output but hidden
-        assert page.locator(".attviz-notebook-notice").count() == (1 if _notice_hook_installed() else 0)
+        assert page.locator(".attviz-notebook-notice").count() == 1
         assert not page.locator(".attviz-notebook-notice:visible").count()
         combine = page.get_by_label("Combine heads")
         options = combine.locator("option").evaluate_all("os => os.map(o => [o.value, o.textContent])")
@@ -361,21 +361,6 @@ def test_readme_recipe_renders_offline_and_is_interactive(chromium, lab, screens
     assert not [text for kind, text in log.console if kind == "error"], log.console
 
 
-def _notice_hook_installed() -> bool:
-    """Whether the explorer's notebook output goes through :func:`attviz.notebook.repr_mimebundle`."""
-    from attviz import notebook
-    from attviz.explorer import Explorer
-
-    method = Explorer._repr_mimebundle_
-    return method is notebook.repr_mimebundle or "repr_mimebundle" in method.__code__.co_names
-
-
-@pytest.mark.xfail(
-    not _notice_hook_installed(),
-    reason="Explorer._repr_mimebundle_ does not use attviz.notebook.repr_mimebundle yet: old recipe blank offline",
-    raises=AssertionError,
-    strict=True,
-)
 def test_old_recipe_offline_shows_what_to_do(chromium, lab, screenshot):
     """``pn.extension("tabulator")`` (CDN resources) offline: no explorer, but a notice, never a blank cell."""
     log = PageLog()
