@@ -32,6 +32,7 @@ from attviz.views.common import (
     over_heads,
     plain_text,
     token_labels,
+    update_bokeh,
 )
 from attviz.views.matrix import set_token_axis
 
@@ -252,7 +253,18 @@ class AggregatePlot(View):
         if fig.yaxis[0].axis_label != ylabel:
             fig.yaxis[0].axis_label = ylabel
         set_token_axis(fig.xaxis[0], self._labels, self.max_labels, rotate=True)
-        self._retitle()
+        self._set_title()
+        self._set_span()
+
+    def _set_title(self) -> None:
+        title = plain_text(self.plot_title())
+        if self._figure.title.text != title:
+            self._figure.title.text = title
+
+    def _set_span(self) -> None:
+        location = self._span_location()
+        if not (np.isnan(location) and np.isnan(self._span.location or np.nan)):
+            self._span.location = location
 
     def _on_tap(self, x: float | None = None, y: float | None = None) -> None:
         if x is None or self.data is None:
@@ -263,19 +275,15 @@ class AggregatePlot(View):
     @param.depends("data", "aggregate", "max_labels", watch=True)
     def _send(self) -> None:
         self._frames_now = self._frames()
-        self._redraw()
+        update_bokeh(self._pane, self._redraw)
 
     @param.depends("title", watch=True)
     def _retitle(self) -> None:
-        title = plain_text(self.plot_title())
-        if self._figure.title.text != title:
-            self._figure.title.text = title
+        update_bokeh(self._pane, self._set_title)
 
     @param.depends("selected_token", watch=True)
     def _select(self) -> None:
-        location = self._span_location()
-        if not (np.isnan(location) and np.isnan(self._span.location or np.nan)):
-            self._span.location = location
+        update_bokeh(self._pane, self._set_span)
 
     @param.depends("scale", "backend", "height", watch=True)
     def _rebuild(self) -> None:

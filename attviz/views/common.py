@@ -179,6 +179,32 @@ class TapEvents:
             callback(x=x, y=y)
 
 
+def update_bokeh(pane: Any, update: Callable[[], None]) -> None:
+    """Run ``update``, which changes Bokeh models shown by ``pane`` (a ``pn.pane.Bokeh``), so the
+    changes reach every browser showing them together.
+
+    In a served session the changes are made inside Panel's ``unlocked`` (all events of one update
+    go out in one message, with Panel's own, instead of one message per property after the server
+    went idle), or on the next tick when this thread does not hold the document; in a notebook
+    they are pushed over the comm. Outside any session ``update`` simply runs.
+    """
+    from panel.io.document import unlocked
+    from panel.io.notebook import push
+    from panel.io.state import state
+
+    views = [state._views[ref] for ref in list(getattr(pane, "_models", {})) if ref in state._views]
+    docs = {id(doc): doc for _, _, doc, _ in views if doc is not None}
+    for doc in docs.values():
+        if doc.session_context is not None and not state._unblocked(doc):
+            doc.add_next_tick_callback(lambda: update_bokeh(pane, update))
+            return
+    with unlocked():
+        update()
+    for _, root, doc, comm in views:
+        if comm is not None and "embedded" not in root.tags:
+            push(doc, comm)
+
+
 def shown_when(condition: Any, pane: Any) -> Any:
     """``pane`` in a Column that is visible while ``condition`` (a param reference) holds.
 

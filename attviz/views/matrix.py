@@ -53,6 +53,7 @@ from attviz.views.common import (
     shown_when,
     title_hook,
     token_positions,
+    update_bokeh,
 )
 
 COLORMAPS = ["Blues", "viridis", "magma", "cividis", "Greys", "fire"]
@@ -303,7 +304,7 @@ class MatrixView(View):
         self._tap.add_subscriber(self._on_tap)
         self._figure = self._build()
         self._plot_pane = pn.pane.Bokeh(self._figure, sizing_mode="stretch_width")
-        self._update()
+        self._show()
 
     # -- data ----------------------------------------------------------------------------------------
     def _shown(self) -> xr.DataArray | None:
@@ -385,6 +386,9 @@ class MatrixView(View):
 
     @param.depends("data", "rasterize_above", "max_labels", watch=True)
     def _update(self) -> None:
+        update_bokeh(self._plot_pane, self._show)
+
+    def _show(self) -> None:
         """Show ``data``: the image and colour range always, tokens, axes and zoom when the tokens changed."""
         data = self._shown()
         self._values = matrix_values(data) if data is not None else np.zeros((0, 0), dtype=np.float32)
@@ -409,8 +413,8 @@ class MatrixView(View):
         set_token_axis(fig.yaxis[0], self._labels.query, self.max_labels)
         self._recolour()
         self._draw()
-        self._retitle()
-        self._select()
+        self._set_title()
+        self._set_box()
 
     def _recolour(self) -> None:
         low, high = value_range(self._values, self.log_scale) if self._values.size else (0.0, 1.0)
@@ -437,24 +441,31 @@ class MatrixView(View):
         window = None if full else (x0, x1, y0, y1)
         if window != self._window:
             self._window = window
-            self._draw()
+            update_bokeh(self._plot_pane, self._draw)
 
     def _on_size(self, attr: str, old: Any, new: Any) -> None:
         if max(self._values.shape, default=0) > self.rasterize_above:
-            self._draw()
+            update_bokeh(self._plot_pane, self._draw)
 
-    @param.depends("title", watch=True)
-    def _retitle(self) -> None:
+    def _set_title(self) -> None:
         title = plain_text(self.plot_title())
         if self._figure.title.text != title:
             self._figure.title.text = title
 
+    @param.depends("title", watch=True)
+    def _retitle(self) -> None:
+        update_bokeh(self._plot_pane, self._set_title)
+
     @param.depends("cmap", watch=True)
     def _recmap(self) -> None:
-        self._color_mapper.palette = process_cmap(self.cmap, 256)
+        palette = process_cmap(self.cmap, 256)
+        update_bokeh(self._plot_pane, lambda: setattr(self._color_mapper, "palette", palette))
 
     @param.depends("selected_token", watch=True)
     def _select(self) -> None:
+        update_bokeh(self._plot_pane, self._set_box)
+
+    def _set_box(self) -> None:
         row = index_of(self._query_positions, self.selected_token)
         if row is None:
             if self._box.visible:
@@ -473,7 +484,7 @@ class MatrixView(View):
     def _rebuild(self) -> None:
         # A log colour mapper is another Bokeh model type; these two settings rebuild the figure.
         self._figure = self._build()
-        self._update()
+        self._show()
         self._plot_pane.object = self._figure
 
     def __panel__(self) -> pn.viewable.Viewable:
