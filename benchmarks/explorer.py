@@ -30,8 +30,10 @@ shadow root) and every canvas draw call there (Bokeh's plots) is stamped, and tw
 after the last one is the repaint. A step ends when the server is done (its busy indicator turned
 off: both apps run with the indicator's 500 ms minimum spin set to 0, so the off message marks the
 end of the server's work), no websocket message and no view change came for 300 ms, every Bokeh
-document is idle and the last paint is stamped. Bytes are what the server sent over the websocket
-during the step (Playwright's ``framereceived`` payloads).
+document is idle and the last paint is stamped. A step that changes no view (the head view shows
+every head: a head change leaves it as it is) is done when the server is: its latency is the
+server's. Bytes are what the server sent over the websocket during the step (Playwright's
+``framereceived`` payloads).
 
 The **baseline** is the pre-#11 code (commit ``189b02d``), checked out as a git worktree
 (``--baseline-dir``) and served by a subprocess that puts that folder first on ``sys.path`` (it
@@ -217,8 +219,8 @@ _DONE_JS = f"""() => {{
 }}"""
 _RESULT_JS = """() => {
   const B = window.__bench;
-  const changed = B.activity > B.t0;
-  return {ms: changed ? B.paint - B.t0 : null, server_ms: B.busyOff - B.t0, changed: changed};
+  const changed = B.activity > B.t0;  // no view changed: done when the server is
+  return {ms: changed ? B.paint - B.t0 : B.busyOff - B.t0, server_ms: B.busyOff - B.t0, changed: changed};
 }"""
 
 
@@ -540,7 +542,7 @@ def markdown(summary: list[dict[str, Any]]) -> str:
     for r in summary:
         n = r["new"]
         rounds = ", ".join(f"{v:.0f}" for v in n["round_medians_ms"])
-        unchanged = f" ({n['unchanged_steps']}/{n['steps']} steps changed no view)" if n["unchanged_steps"] else ""
+        unchanged = f" ({n['unchanged_steps']}/{n['steps']} changed no view)" if n["unchanged_steps"] else ""
         cells = [
             ACTIONS[r["action"]],
             r["tab"],
