@@ -206,7 +206,7 @@ class TextView(View):
         self._slider = pn.widgets.IntSlider.from_param(self.param.window_start, start=0, end=1, visible=False)
         self._layout: pn.layout.Panel | None = None
         self._shown: dict[str, Any] = {}  # what the figure draws: the last refresh's units and colours
-        self._structure_cache: tuple[Any, Any, dict[str, Any]] | None = None
+        self._structures: list[tuple[Any, Any, dict[str, Any]]] = []  # (data, settings, structure), latest first
         self._figure = pn.pane.HoloViews(None, linked_axes=False, sizing_mode="fixed")
         download = pn.widgets.FileDownload(
             callback=self._svg_file, filename="attviz-text.svg", label="Download SVG", embed=False, width=180
@@ -250,13 +250,14 @@ class TextView(View):
         return np.zeros(rows.shape[1])
 
     def _structure(self) -> dict[str, Any] | None:
-        """Everything but the colouring vector's part, cached while ``data`` and the settings are the same:
-        a head change (a new ``aggregate``, the same layer's rows) costs only the colours."""
+        """Everything but the colouring vector's part, cached for the last 4 (``data``, settings): a head
+        change (a new ``aggregate``, the same layer's rows) costs only the colours, and so does going back
+        to a document just shown (the explorer keeps its arrays)."""
         key = (self.heads and tuple(self.heads), self.text, self.level, self.show_special, self.window_start,
                self.max_tokens, self.mode, self.scale)  # fmt: skip
-        cached = self._structure_cache
-        if cached is not None and cached[0] is self.data and cached[1] == key:
-            return cached[2]
+        for data, cached_key, cached in self._structures:
+            if data is self.data and cached_key == key:
+                return cached
         rows, names, tokens, picked = self._picked_rows()
         n, maxed = len(tokens), self.scale == "max"
         starts = unit_starts(tokens, self.level)
@@ -285,7 +286,7 @@ class TextView(View):
             "head_values": _float32(rows_u[:, units]),
             "row_alpha": _float32(alphas),
         }
-        self._structure_cache = (self.data, key, structure)
+        self._structures = [(self.data, key, structure), *self._structures[:3]]  # back and forth between documents
         return structure
 
     def _legend(self, top: float) -> str:
