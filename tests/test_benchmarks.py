@@ -145,3 +145,67 @@ def test_long_document_quick_mode_runs(tmp_path):
     assert len(results["targets"]) == 2
     again = long_document.main([*argv, "--no-baseline"])  # the store is reused
     assert again["sizes"]["96"]["built_s"] is None and "ratio" not in again["rows"][0]
+
+
+# -- benchmarks/explorer.py ----------------------------------------------------------------------------
+def _steps(*ms, changed=True):
+    return [{"ms": m, "server_ms": m - 10, "changed": changed, "bytes": 1000, "frames": 3} for m in ms]
+
+
+def test_explorer_verdict_needs_every_round_on_one_side():
+    from benchmarks import explorer
+
+    assert explorer.verdict([100, 200, 240], 250) == "met"
+    assert explorer.verdict([260, 300], 250) == "missed"
+    assert explorer.verdict([240, 260], 250) == "unclear"
+    assert explorer.verdict([float("nan")], 250) == "no data"
+
+
+def test_explorer_summary_ratios_per_round_and_table():
+    from benchmarks import explorer
+
+    raw = {
+        "new": [{"head/Text": _steps(100, 110, 120)}, {"head/Text": _steps(90, 100, 300)}],
+        "baseline": [{"head/Text": _steps(200, 200, 210)}, {"head/Text": _steps(260, 270, 240)}],
+    }
+    (row,) = explorer.summarise(raw)
+    assert row["action"] == "head" and row["tab"] == "Text" and row["target_ms"] == 250
+    assert row["new"]["round_medians_ms"] == [110, 100] and row["new"]["median_ms"] == 105
+    assert row["new"]["target"] == "met" and row["baseline"]["target"] == "unclear"
+    assert row["ratio"]["min"] == pytest.approx(100 / 260) and row["ratio"]["max"] == pytest.approx(0.55)
+    assert row["ratio"]["verdict"] == "faster"
+    table = explorer.markdown([row])
+    assert "0.47 (0.38–0.55), faster" in table and "| met |" in table
+    (alone,) = explorer.summarise({"new": raw["new"]})
+    assert "ratio" not in alone and "baseline" not in explorer.markdown([alone])
+
+
+def test_explorer_quick_plan_and_documents():
+    import argparse
+
+    from benchmarks import explorer
+
+    quick = explorer.plan(argparse.Namespace(quick=True, tokens=None, rounds=None, steps=None, switches=None))
+    assert quick == {"tokens": 128, "rounds": 1, "steps": 2, "switches": 1}
+    full = explorer.plan(argparse.Namespace(quick=False, tokens=None, rounds=None, steps=None, switches=None))
+    assert full == {"tokens": 512, "rounds": 3, "steps": 6, "switches": 4}
+    first, second = explorer.long_texts(2)
+    assert first != second and sorted(first.split()) == sorted(second.split())  # the same texts, reversed
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_explorer_end_to_end_in_chromium():
+    """The current app served by a subprocess, driven in Chromium: every tab and action measured."""
+    _chromium_or_skip()
+    from benchmarks import explorer
+
+    results = explorer.end_to_end(48, rounds=1, steps=1, switches=1, baseline_dir=None, log=lambda _: None)
+    assert results["apps"]["new"]["attviz"] == str(explorer.ROOT / "attviz" / "__init__.py")
+    rows = {(r["action"], r["tab"]): r for r in results["summary"]}
+    assert set(rows) == {("head", t) for t in explorer.HEAD_TABS} | {("document", t) for t in explorer.SWITCH_TABS}
+    for (action, tab), row in rows.items():
+        new = row["new"]
+        assert new["steps"] == 1 and new["median_ms"] > 0 and new["server_ms"] > 0, (action, tab, new)
+        if tab != "Heads":  # the head view draws every head: a head change changes no view there
+            assert new["unchanged_steps"] == 0 and new["bytes_per_step"] > 0, (action, tab, new)
