@@ -85,6 +85,28 @@ def page_log() -> PageLog:
     return PageLog()
 
 
+def offline_page(chromium: Any, log: PageLog, viewport: tuple[int, int] = (1280, 900), timeout_ms: int = 15_000) -> Any:
+    """A page in a fresh context that records its console, errors and requests in ``log``, and aborts
+    (and records in ``log.blocked``) every request not to this machine: the app must work offline."""
+    context = chromium.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    context.set_default_timeout(timeout_ms)
+
+    def route(request_route: Any) -> None:
+        url = request_route.request.url
+        if urlparse(url).hostname in LOCAL_HOSTS or url.startswith(("data:", "blob:")):
+            request_route.continue_()
+        else:
+            log.blocked.append(url)
+            request_route.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("console", lambda message: log.console.append((message.type, message.text)))
+    page.on("pageerror", lambda error: log.errors.append(str(error)))
+    page.on("request", lambda request: log.requests.append(request.url))
+    return page
+
+
 @pytest.fixture
 def page(chromium: Any, page_log: PageLog, serve_app: Any) -> Iterator[Any]:
     """A fresh browser context and page; fails the test on console errors or page errors.
@@ -93,26 +115,11 @@ def page(chromium: Any, page_log: PageLog, serve_app: Any) -> Iterator[Any]:
     to anything but this machine are recorded in ``page_log.blocked`` and aborted (the app must work
     offline).
     """
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-
-    def route(request_route: Any) -> None:
-        url = request_route.request.url
-        if urlparse(url).hostname in LOCAL_HOSTS or url.startswith(("data:", "blob:")):
-            request_route.continue_()
-        else:
-            page_log.blocked.append(url)
-            request_route.abort()
-
-    context.route("**/*", route)
-    page = context.new_page()
-    page.on("console", lambda message: page_log.console.append((message.type, message.text)))
-    page.on("pageerror", lambda error: page_log.errors.append(str(error)))
-    page.on("request", lambda request: page_log.requests.append(request.url))
+    page = offline_page(chromium, page_log)
     try:
         yield page
     finally:
-        context.close()
+        page.context.close()
     problems = [f"page error: {e}" for e in page_log.errors]
     problems += [f"console error: {e}" for e in page_log.console_errors()]
     problems += [f"blocked external request: {url}" for url in page_log.blocked]

@@ -67,13 +67,20 @@ class ExplorerServer:
 @pytest.fixture(scope="module")
 def server() -> Iterator[ExplorerServer]:
     """The explorer app served once for the module; ``apps`` holds one template per session."""
-    from attviz.app import MAX_MESSAGE_BYTES, create_app, load_corpora
+    from attviz.app import create_app, load_corpora
 
     load_corpora()  # read (or on a first run build, ~10 s) the demo corpus before a page waits for it
+    yield from serve_explorer(create_app)
+
+
+def serve_explorer(make_template: Any) -> Iterator[ExplorerServer]:
+    """Serve ``make_template()`` (one template per browser session) until the generator is closed."""
+    from attviz.app import MAX_MESSAGE_BYTES
+
     apps: list[Any] = []
 
     def factory() -> Any:
-        template = create_app()
+        template = make_template()
         apps.append(template)
         return template
 

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
+from tests.browser import conftest
 from tests.browser.conftest import LOCAL_HOSTS, PageLog, free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -197,23 +198,7 @@ def stop_lab(server: subprocess.Popen, url: str) -> None:
 
 def offline_page(chromium: Any, log: PageLog) -> Any:
     """A page in a fresh context that aborts (and records) every request not to this machine."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 1100})
-    context.set_default_timeout(30_000)
-
-    def route(request_route: Any) -> None:
-        url = request_route.request.url
-        if urlparse(url).hostname in LOCAL_HOSTS or url.startswith(("data:", "blob:")):
-            request_route.continue_()
-        else:
-            log.blocked.append(url)
-            request_route.abort()
-
-    context.route("**/*", route)
-    page = context.new_page()
-    page.on("console", lambda message: log.console.append((message.type, message.text)))
-    page.on("pageerror", lambda error: log.errors.append(str(error)))
-    page.on("request", lambda request: log.requests.append(request.url))
-    return page
+    return conftest.offline_page(chromium, log, viewport=(1400, 1100), timeout_ms=30_000)
 
 
 def poll(page: Any, condition: Any, timeout: float = 30.0, what: str = "") -> Any:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests import corpora
-from tests.browser.conftest import _wait_for_panel, _wait_until, start_server, stop_server
-from tests.browser.test_explorer import ExplorerServer, colors
+from tests.browser.conftest import _wait_for_panel, _wait_until
+from tests.browser.test_explorer import ExplorerServer, colors, serve_explorer
 from tests.test_state_space import Errors
 
 
@@ -35,20 +35,9 @@ def stores(tiny_gpt2, tiny_t5, tiny_bert_classifier, tmp_path_factory) -> list[s
 
 @pytest.fixture(scope="module")
 def server(stores) -> Iterator[ExplorerServer]:
-    from attviz.app import MAX_MESSAGE_BYTES, create_app
+    from attviz.app import create_app
 
-    apps: list[Any] = []
-
-    def factory() -> Any:
-        template = create_app(stores, live=False)
-        apps.append(template)
-        return template
-
-    url, thread = start_server(factory, websocket_max_message_size=MAX_MESSAGE_BYTES)
-    try:
-        yield ExplorerServer(url, apps)
-    finally:
-        stop_server(thread)
+    yield from serve_explorer(lambda: create_app(stores, live=False))
 
 
 @pytest.fixture
