@@ -510,7 +510,7 @@ def summarise(raw: dict[str, list[dict[str, list[dict[str, Any]]]]]) -> list[dic
                 "bytes_per_step": statistics.median([s["bytes"] for s in steps]) if steps else 0,
                 "unchanged_steps": sum(1 for s in steps if not s["changed"]),
                 "steps": len(steps),
-                "target": verdict(per_round, TARGETS[action]),
+                "target": verdict(per_round, TARGETS[action]) + (" (1 round)" if len(per_round) == 1 else ""),
             }
         if "baseline" in raw and "new" in raw:
             ratios = [
@@ -521,7 +521,13 @@ def summarise(raw: dict[str, list[dict[str, list[dict[str, Any]]]]]) -> list[dic
             if ratios:
                 row["ratio"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
                 row["ratio"]["verdict"] = (
-                    "faster" if max(ratios) < 1 else "slower" if min(ratios) > 1 else "no clear difference"
+                    "one round: no spread"
+                    if len(ratios) < 2
+                    else "faster"
+                    if max(ratios) < 1
+                    else "slower"
+                    if min(ratios) > 1
+                    else "no clear difference"
                 )
         rows.append(row)
     return rows

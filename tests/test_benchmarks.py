@@ -178,6 +178,8 @@ def test_explorer_summary_ratios_per_round_and_table():
     assert "0.47 (0.38–0.55), faster" in table and "| met |" in table
     (alone,) = explorer.summarise({"new": raw["new"]})
     assert "ratio" not in alone and "baseline" not in explorer.markdown([alone])
+    (once,) = explorer.summarise({label: rounds[:1] for label, rounds in raw.items()})
+    assert once["ratio"]["verdict"] == "one round: no spread" and once["new"]["target"] == "met (1 round)"
 
 
 def test_explorer_quick_plan_and_documents():
