@@ -647,7 +647,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--browser", action="store_true", help="end to end in Chromium (else server side only)")
     parser.add_argument("--no-server-side", action="store_true", help="skip the in-process server-side figures")
     parser.add_argument("--no-baseline", action="store_true", help="measure the current code only")
-    parser.add_argument("--baseline-dir", type=Path, default=DEFAULT_BASELINE_DIR)
+    parser.add_argument("--baseline-commit", default=BASELINE_COMMIT, help="its commit (189b02d: before #11)")
+    parser.add_argument("--baseline-dir", type=Path, default=DEFAULT_BASELINE_DIR, help="its git worktree")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     sizes = plan(args)
@@ -666,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         baseline = None
         if not args.no_baseline:
             try:
-                baseline = baseline_worktree(args.baseline_dir)
+                baseline = baseline_worktree(args.baseline_dir, args.baseline_commit)
             except (subprocess.CalledProcessError, RuntimeError) as exc:
                 detail = getattr(exc, "stderr", b"") or b""
                 detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
