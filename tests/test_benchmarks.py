@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import urllib.request
 
 import numpy as np
@@ -202,7 +204,15 @@ def test_explorer_end_to_end_in_chromium():
     _chromium_or_skip()
     from benchmarks import explorer
 
-    results = explorer.end_to_end(48, rounds=1, steps=1, switches=1, baseline_dir=None, log=lambda _: None)
+    # In a process of its own: Playwright's sync API refuses to start while another test's Playwright
+    # (the browser tests' session-wide Chromium) runs in this one.
+    code = (
+        "import json; from benchmarks import explorer; print(json.dumps(explorer.end_to_end("
+        "48, rounds=1, steps=1, switches=1, baseline_dir=None, log=lambda _: None)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=explorer.ROOT, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
     assert results["apps"]["new"]["attviz"] == str(explorer.ROOT / "attviz" / "__init__.py")
     rows = {(r["action"], r["tab"]): r for r in results["summary"]}
     assert set(rows) == {("head", t) for t in explorer.HEAD_TABS} | {("document", t) for t in explorer.SWITCH_TABS}
