@@ -79,8 +79,8 @@ class Explorer(SessionActions, DocumentReader):
     needed = param.Parameter(
         default=None,
         precedence=-1,
-        doc="Outputs the visible views show (a set of names; None: all). The table, head summary and comparison "
-        "are derived only while named here; the matrix and token colours always.",
+        doc="Outputs the visible views show (a set of names; None: all). The table, the layer's matrices, the head "
+        "summary and the comparison are published only while named here; the matrix and token colours always.",
     )
 
     def __init__(self, corpus: Corpus | Mapping[str, Corpus] | str | os.PathLike | None = None, **params: Any):
@@ -344,7 +344,7 @@ _UNSET = object()
 #: Outputs derived whatever the views show: the controls depend on them.
 ALWAYS = ("document", "attention")
 #: Outputs derived only while a visible view shows them (see :attr:`Explorer.needed`).
-OPTIONAL = ("table", "head_summary", "other_matrix")
+OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix")
 
 
 def _loaded(attention: xr.DataArray, layer: int | None) -> xr.DataArray:

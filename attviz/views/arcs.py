@@ -20,7 +20,15 @@ import xarray as xr
 from bokeh.models import CustomJSHover
 
 from attviz.views.base import View
-from attviz.views.common import TITLE_DOC, AxisLabels, describe, page_scroll_hook, title_hook, token_positions
+from attviz.views.common import (
+    TITLE_DOC,
+    AxisLabels,
+    describe,
+    page_scroll_hook,
+    plain_text,
+    title_hook,
+    token_positions,
+)
 from attviz.views.matrix import HOVER_CODE, index_of
 
 LEFT, RIGHT = 0.0, 1.0  # x of the query and key columns
@@ -124,6 +132,12 @@ class HeadView(View):
     )
     max_height = param.Integer(default=720, bounds=(200, 3000), doc="Visible height; taller plots scroll.")
     title = param.String(default="", doc=TITLE_DOC)
+    label = param.String(
+        default="",
+        doc="The document (from the explorer). When set, the title is it and the layer: the view draws every "
+        "head, so the explorer's title, which names the selected head or the token colour, is not used (a head "
+        "change then leaves the plot as it is instead of repainting all its links for a new title).",
+    )
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -163,8 +177,12 @@ class HeadView(View):
         return int(min(max(self.token_height * n + 80, MIN_HEIGHT), self.max_plot_height))
 
     def plot_title(self) -> str:
-        """The plot's title: the ``title`` input (else the data's name and layer) and how many links are drawn."""
-        shown = self.title or describe(self.data, "attention")
+        """The plot's title: the ``label`` input and the layer (else the ``title`` input, else the data's name and
+        layer), and how many links are drawn."""
+        if self.label:
+            shown = f"{self.label} · {describe(self.data, 'attention')}" if self.data is not None else self.label
+        else:
+            shown = self.title or describe(self.data, "attention")
         return f"{shown}: {self._summary}" if self._summary else shown
 
     def _head_index(self) -> np.ndarray:
@@ -235,9 +253,18 @@ class HeadView(View):
                 formatters[field].args = {"labels": list(labels)}
 
     def _size_hook(self, plot: Any, element: Any) -> None:
+        self._figure = plot.state  # for _retitle
         height = self._plot_height()
         if plot.state.height != height:
             plot.state.height = height
+
+    @param.depends("title", "label", watch=True)
+    def _retitle(self) -> None:
+        """A new title (e.g. the next head's, from the explorer) sets the figure's title: the links stay."""
+        figure = getattr(self, "_figure", None)
+        text = plain_text(self.plot_title())
+        if figure is not None and figure.title.text != text:
+            figure.title.text = text
 
     def _plot(self) -> hv.DynamicMap:
         sizes = hv.streams.Params(self, ["token_height", "max_plot_height"])
@@ -252,7 +279,6 @@ class HeadView(View):
                 heads=self.param.heads,
                 threshold=self.param.threshold,
                 top_k=self.param.top_k,
-                title=self.param.title,
                 selected_token=self.param.selected_token,
                 all_links_up_to=self.param.all_links_up_to,
             )
