@@ -13,25 +13,7 @@ import torch
 
 from attviz import Corpus, Document, aggregations, attention_array, token_frame
 from attviz.aggregations.heads import STATISTICS, head_statistics, head_statistics_torch
-
-
-def reference(a, qpos, kpos, special):
-    """The whole-array formulas of attviz before issue #11 (copied: the independent reference)."""
-    out = {}
-    total = a.sum(-1, keepdims=True)
-    p = a / np.where(total > 0, total, 1)
-    logp = np.log(np.where(p > 0, p, 1))
-    out["entropy"] = -np.einsum("...qk,...qk->...q", p, logp).mean(-1)
-    distance = np.abs(qpos[:, None] - kpos[None, :]).astype(a.dtype)
-    out["distance"] = np.einsum("...qk,qk->...q", a, distance).mean(-1)
-    out["special"] = (a @ special.astype(a.dtype)).mean(-1)
-    square = a.shape[-1] == a.shape[-2]
-    for name, offset in (("previous", -1), ("next", 1), ("self", 0)):
-        if square and a.shape[-1] > abs(offset):
-            out[name] = np.diagonal(a, offset=offset, axis1=-2, axis2=-1).mean(-1)
-        else:
-            out[name] = np.full(a.shape[:-2], np.nan, dtype=a.dtype)
-    return out
+from benchmarks.long_document import old_head_statistics as reference  # the whole-array formulas before issue #11
 
 
 def reference_torch(a, special):
