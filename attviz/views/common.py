@@ -121,10 +121,17 @@ def _with_positions(labels: list[str], positions: tuple[int, ...]) -> list[str]:
 
 
 @lru_cache(maxsize=64)
+def _display(raw: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`display_tokens` of one token dim, cached by the raw tokens alone: the tick and hover labels,
+    and the query and key dims of one matrix (the same tokens), share it."""
+    return tuple(display_tokens(raw))
+
+
+@lru_cache(maxsize=64)
 def _labels(raw: tuple[str, ...], positions: tuple[int, ...], hover: bool) -> tuple[str, ...]:
     """The labels of one token dim, cached: a head or layer change of the same document (every view
     asks again) costs a dictionary lookup instead of ~10 ms of :func:`display_tokens` at 512 tokens."""
-    shown = display_tokens(raw)
+    shown = list(_display(raw))
     if hover:
         shown = [s if s == r else f"{s} (raw: {r})" for s, r in zip(shown, raw, strict=True)]
     return tuple(_with_positions(shown, positions))
@@ -157,11 +164,12 @@ class AxisLabels(NamedTuple):
         """The labels of an array with ``query`` and ``key`` dims (empty for anything else)."""
         if not (isinstance(array, xr.DataArray) and {"query", "key"} <= set(array.dims)):
             return cls([], [], [], [])
+        query, key = _key(array, "query"), _key(array, "key")  # read once per dim (a head change asks again)
         return cls(
-            token_labels(array, "query"),
-            token_labels(array, "key"),
-            hover_labels(array, "query"),
-            hover_labels(array, "key"),
+            list(_labels(*query, hover=False)),
+            list(_labels(*key, hover=False)),
+            list(_labels(*query, hover=True)),
+            list(_labels(*key, hover=True)),
         )
 
 
