@@ -16,7 +16,6 @@ sums to less than 1). ``previous``/``next``/``self`` need self-attention (as man
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -136,12 +135,9 @@ def _regions(a: Any) -> list[tuple[slice, ...]]:
     chunks = getattr(a, "chunks", None)
     if chunks is None:
         return [(slice(i, i + 1),) + (slice(None),) * (lead - 1) for i in range(a.shape[0])]
-    bounds = []
-    for size, chunk in zip(a.shape[:lead], chunks[:lead], strict=True):
-        sizes = chunk if isinstance(chunk, tuple) else [chunk] * -(-size // max(chunk, 1))
-        edges = np.cumsum([0, *sizes]).tolist()
-        bounds.append([slice(lo, min(hi, size)) for lo, hi in itertools.pairwise(edges) if lo < size])
-    return list(itertools.product(*bounds))
+    from dask.array.core import normalize_chunks, slices_from_chunks
+
+    return slices_from_chunks(normalize_chunks(chunks[:lead], a.shape[:lead]))
 
 
 def head_statistics_torch(
