@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests import corpora
-from tests.browser.conftest import _wait_for_panel, _wait_until
-from tests.browser.test_explorer import ExplorerServer, colors, serve_explorer
+from tests.browser.conftest import _wait_until
+from tests.browser.test_explorer import ExplorerServer, colors, open_explorer, serve_explorer
 from tests.test_state_space import Errors
 
 
@@ -52,15 +52,6 @@ def server_log() -> Iterator[Errors]:
     assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
 
 
-def open_session(page: Any, server: ExplorerServer) -> Any:
-    before = len(server.apps)
-    page.goto(server.url)
-    _wait_for_panel(page)
-    explorer = _wait_until(lambda: len(server.apps) > before and server.apps[-1].explorer)
-    page.locator(".attviz-token").first.wait_for()
-    return explorer
-
-
 def idle(page: Any) -> None:
     page.locator(".loader.spin").wait_for(state="detached")
 
@@ -71,7 +62,7 @@ def alerts(page: Any) -> list[str]:
 
 def test_uploading_the_original_attviz_json(page, server, server_log, screenshot):
     """#11 (1): the real AttViz file through 'Open a file' showed a recursion error and kept the old views."""
-    explorer = open_session(page, server)
+    explorer = open_explorer(page, server)
     page.locator(".card-header", has_text="Open a file").click()
     page.locator("input[type=file]").set_input_files(str(corpora.LEGACY_JSON))
     _wait_until(lambda: explorer.source == "public-example1", timeout=20)
@@ -98,7 +89,7 @@ def test_uploading_the_original_attviz_json(page, server, server_log, screenshot
 
 def test_switching_from_gpt2_to_t5(page, server, server_log, screenshot):
     """#11 (2): GPT-2 -> T5 kept the GPT-2 matrix, offered no encoder/decoder/cross, logged tracebacks."""
-    explorer = open_session(page, server)
+    explorer = open_explorer(page, server)
     corpus = page.get_by_label("Corpus", exact=True).first
     corpus.select_option("gpt2.zarr")
     _wait_until(lambda: explorer.source == "gpt2.zarr")
@@ -119,7 +110,7 @@ def test_switching_from_gpt2_to_t5(page, server, server_log, screenshot):
 
 def test_every_head_combination(page, server, server_log):
     """#11 (3): 'AttViz entropy (head disagreement)' raised a DimsError; each option recolours or says why."""
-    explorer = open_session(page, server)
+    explorer = open_explorer(page, server)
     page.get_by_label("Corpus", exact=True).first.select_option("bert.zarr")
     _wait_until(lambda: explorer.source == "bert.zarr")
     idle(page)
@@ -142,7 +133,7 @@ def test_every_head_combination(page, server, server_log):
 
 def test_layout_compact_prediction_and_visible_choices(page, server, server_log, screenshot):
     """#11 (9): the prediction card took ~40 % of the screen; chosen toggle buttons looked unchosen."""
-    explorer = open_session(page, server)
+    explorer = open_explorer(page, server)
     page.get_by_label("Corpus", exact=True).first.select_option("bert.zarr")
     _wait_until(lambda: explorer.source == "bert.zarr")
     idle(page)
