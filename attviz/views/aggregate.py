@@ -31,6 +31,7 @@ from attviz.views.common import (
     hover_labels,
     over_heads,
     plain_text,
+    same_values,
     token_labels,
     update_bokeh,
 )
@@ -89,22 +90,13 @@ def plot_frames(
     return {"line": line, "extreme": extreme, "other": other, "floor": floor}
 
 
-def _changed(old: Any, new: Any) -> bool:
-    if isinstance(old, np.ndarray) or isinstance(new, np.ndarray):
-        old, new = np.asarray(old), np.asarray(new)
-        if old.dtype.kind in "fc" and new.dtype.kind in "fc":
-            return old.shape != new.shape or not np.array_equal(old, new, equal_nan=True)
-        return old.shape != new.shape or not np.array_equal(old, new)
-    return old != new
-
-
 def update_columns(source: ColumnDataSource, columns: dict[str, Any]) -> None:
     """Set the columns of ``source`` that changed (only those are sent to the browser)."""
     data = source.data
     if set(columns) != set(data) or len(next(iter(columns.values()), ())) != len(next(iter(data.values()), ())):
         source.data = columns
         return
-    changed = {k: v for k, v in columns.items() if _changed(data[k], v)}
+    changed = {k: v for k, v in columns.items() if not same_values(data[k], v)}
     if changed:
         data.update(changed)
 

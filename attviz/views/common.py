@@ -173,6 +173,15 @@ class AxisLabels(NamedTuple):
         )
 
 
+def same_values(a: Any, b: Any) -> bool:
+    """Whether two values (arrays: same shape and values, NaN equal to NaN in float arrays) are the same."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a, b = np.asarray(a), np.asarray(b)
+        nan = a.dtype.kind in "fc" and b.dtype.kind in "fc"  # isnan is undefined for str and object arrays
+        return a.shape == b.shape and np.array_equal(a, b, equal_nan=nan)
+    return a == b
+
+
 class TapEvents:
     """``event(x=..., y=...)`` calls the subscribers, as a Bokeh tap on the figure does (tests, scripts)."""
 

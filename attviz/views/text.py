@@ -29,8 +29,16 @@ from attviz.corpus import tokens_of
 from attviz.tokenization import display_token, is_byte_level, token_string
 from attviz.views import text_figure
 from attviz.views.base import View
-from attviz.views.common import TITLE_DOC, describe, head_rows, over_heads, page_scroll_hook, title_hook
-from attviz.views.text_client import CSS, TokenText, _float32, _same, head_rgb
+from attviz.views.common import (
+    TITLE_DOC,
+    describe,
+    head_rows,
+    over_heads,
+    page_scroll_hook,
+    same_values,
+    title_hook,
+)
+from attviz.views.text_client import CSS, TokenText, _float32, head_rgb
 
 #: Background colour of the highlight mode (the AttViz orange, as in the aggregate plot).
 HIGHLIGHT_RGB = text_figure.HIGHLIGHT
@@ -343,7 +351,7 @@ class TextView(View):
         values.update(mode=self.mode, selected_token=self.selected_token)
         values["colors_range"] = css_colors(np.array([0.0, 1.0]))
         current = self._component.param.values()
-        self._component.param.update(**{k: v for k, v in values.items() if not _same(current[k], v)})
+        self._component.param.update(**{k: v for k, v in values.items() if not same_values(current[k], v)})
 
     @param.depends("selected_token", watch=True)
     def _to_client(self) -> None:

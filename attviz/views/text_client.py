@@ -150,12 +150,6 @@ def _float32(values: Any) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.shape(a) == np.shape(b) and np.array_equal(a, b, equal_nan=True)
-    return a == b
-
-
 def head_rgb(n: int) -> list[str]:
     """``"r, g, b"`` colours of ``n`` head rows (Category10, or Category20 beyond 10 heads)."""
     palette = Category10_10 if n <= 10 else Category20_20
