@@ -412,7 +412,7 @@ def stored_array(
         return attention_array(values, tokens(query_stream), tokens(key_stream), name=name, **where)
     if role == "capture":
         dims = attrs["dims"]
-        source = tokens("source") if set(dims) & {"query", "key", "token"} else None
+        source = tokens("source") if set(dims) & set(TOKEN_DIMS) else None
         array = capture_array(values, dims, source, name=kind, **where)
     elif role == "vectors":
         array = token_vectors_array(
