@@ -32,6 +32,7 @@ from attviz.views.common import (
     over_heads,
     plain_text,
     same_values,
+    set_title,
     token_labels,
     update_bokeh,
 )
@@ -249,9 +250,7 @@ class AggregatePlot(View):
         self._set_span()
 
     def _set_title(self) -> None:
-        title = plain_text(self.plot_title())
-        if self._figure.title.text != title:
-            self._figure.title.text = title
+        set_title(self._figure, self.plot_title())
 
     def _set_span(self) -> None:
         location = self._span_location()

@@ -25,7 +25,7 @@ from attviz.views.common import (
     AxisLabels,
     describe,
     page_scroll_hook,
-    plain_text,
+    set_title,
     title_hook,
     token_positions,
 )
@@ -262,9 +262,8 @@ class HeadView(View):
     def _retitle(self) -> None:
         """A new title (e.g. the next head's, from the explorer) sets the figure's title: the links stay."""
         figure = getattr(self, "_figure", None)
-        text = plain_text(self.plot_title())
-        if figure is not None and figure.title.text != text:
-            figure.title.text = text
+        if figure is not None:
+            set_title(figure, self.plot_title())
 
     def _plot(self) -> hv.DynamicMap:
         sizes = hv.streams.Params(self, ["token_height", "max_plot_height"])

@@ -87,12 +87,17 @@ def title_hook(get_title: Callable[[], str]) -> Callable[[Any, Any], None]:
     """A HoloViews hook setting the figure's title to ``get_title()`` (as plain text) on every update."""
 
     def hook(plot: Any, element: Any) -> None:
-        title = plot.state.title
-        text = plain_text(get_title())
-        if title is not None and title.text != text:
-            title.text = text
+        set_title(plot.state, get_title())
 
     return hook
+
+
+def set_title(figure: Any, text: str) -> None:
+    """Set the title of a Bokeh ``figure`` to ``text`` as plain text (:func:`plain_text`), only when it changed."""
+    title = figure.title
+    text = plain_text(text)
+    if title is not None and title.text != text:
+        title.text = text
 
 
 def page_scroll_hook(plot: Any, element: Any) -> None:

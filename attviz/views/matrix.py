@@ -50,6 +50,7 @@ from attviz.views.common import (
     describe,
     page_scroll_hook,
     plain_text,
+    set_title,
     shown_when,
     title_hook,
     token_positions,
@@ -448,9 +449,7 @@ class MatrixView(View):
             update_bokeh(self._plot_pane, self._draw)
 
     def _set_title(self) -> None:
-        title = plain_text(self.plot_title())
-        if self._figure.title.text != title:
-            self._figure.title.text = title
+        set_title(self._figure, self.plot_title())
 
     @param.depends("title", watch=True)
     def _retitle(self) -> None:
