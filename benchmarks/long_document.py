@@ -15,8 +15,8 @@ Run: ``python benchmarks/long_document.py [--tokens 2048 4096] [--rounds 3] [--j
    the model view does); otherwise the summary is computed at open and "open" includes it. Wall
    times by ``time.perf_counter``; peak RSS is the process's ``ru_maxrss`` (a high-water mark: the
    summary's peak includes the open's).
-3. The baseline (``--child --baseline``) is the same process with ``HeadSummary.apply`` replaced by
-   the code before issue #11, kept below (:func:`old_head_statistics`): the whole array upcast to
+3. The baseline (``--child --baseline``) is the same process with ``HeadSummary.apply`` computing as
+   before issue #11, kept below (:func:`old_head_statistics`): the whole array upcast to
    float32, then whole-array formulas. Everything else is today's attviz, so the ratio isolates the
    head summary. The two processes alternate for ``--rounds`` rounds (new then baseline, then baseline
    then new: the first run of a round may find the store less cached); the table gives the medians
@@ -114,37 +114,14 @@ def old_head_statistics(a: np.ndarray, qpos: np.ndarray, kpos: np.ndarray, speci
 
 
 def install_baseline() -> None:
-    """Replace ``HeadSummary.apply`` by its code before issue #11 (the whole array as float32)."""
-    import xarray as xr
-
+    """Make ``HeadSummary.apply`` compute as before issue #11: its ``head_statistics`` replaced by the
+    whole array upcast to float32, then :func:`old_head_statistics` (the rest of ``apply`` is unchanged)."""
     from attviz.aggregations import heads
 
-    def apply(self: Any, array: xr.DataArray) -> xr.DataArray:
-        array = array.transpose(..., "query", "key")
-        special = array.coords.get("key_special")
-        special = np.zeros(array.sizes["key"], bool) if special is None else special.values
-        stats = old_head_statistics(
-            np.asarray(array.data, dtype=np.float32),
-            np.asarray(array["query"].values, dtype=np.int64),
-            np.asarray(array["key"].values, dtype=np.int64),
-            np.asarray(special, dtype=bool),
-        )
-        lead = array.isel(query=0, key=0, drop=True)
-        lead = lead.drop_vars([c for c in lead.coords if c.startswith(("query", "key"))])
-        if self.statistic in heads.STATISTICS:
-            return xr.DataArray(stats[self.statistic], dims=lead.dims, coords=lead.coords)
-        names = list(heads.STATISTICS)
-        return xr.DataArray(
-            np.stack([stats[n] for n in names], axis=-1),
-            dims=(*lead.dims, "statistic"),
-            coords={
-                **lead.coords,
-                "statistic": np.asarray(names, dtype=object),
-                "statistic_units": ("statistic", np.asarray([heads.STATISTICS[n][1] for n in names], dtype=object)),
-            },
-        )
+    def whole_array(a: Any, qpos: np.ndarray, kpos: np.ndarray, special: np.ndarray, **_: Any) -> dict:
+        return old_head_statistics(np.asarray(a, dtype=np.float32), qpos, kpos, special)
 
-    heads.HeadSummary.apply = apply
+    heads.head_statistics = whole_array
 
 
 # -- one measurement (in a fresh process) -------------------------------------------------------------
