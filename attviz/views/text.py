@@ -324,13 +324,14 @@ class TextView(View):
         step = max(1, self.max_tokens // 4)
         self._slider.param.update(end=max(1, n - self.max_tokens), step=step, visible=n > self.max_tokens)
         names, layout = structure["names"], structure["layout"]
+        rgb, legend = head_rgb(len(names)), self._legend(top)
         self._shown = {
             "layout": layout,
             "intensity": intensity if self.mode != "rows" else None,
             "row_alpha": np.asarray(structure["alphas"]),
             "head_names": names,
-            "head_rgb": head_rgb(len(names)),
-            "legend": self._legend(top),
+            "head_rgb": rgb,
+            "legend": legend,
         }
         self._draw_figure()
         end = structure["end"]
@@ -339,10 +340,10 @@ class TextView(View):
             values=_float32(agg_u[units]),
             colors=css_colors(intensity) if self.mode != "rows" else [],
             head_names=names,
-            head_rgb=head_rgb(len(names)),
+            head_rgb=rgb,
             head_values=structure["head_values"],
             row_alpha=structure["row_alpha"],
-            legend=self._legend(top),
+            legend=legend,
             note=f"tokens {self.window_start + 1}–{end} of {n}" if n > self.max_tokens else "",
         )
 
