@@ -164,6 +164,7 @@ class Capture:
         batch = CaptureBatch(loaded, outputs, input_ids, mask, list(lengths))
         stream = self.stream(input_ids.device)
         for name, plugin in list(self.plugins.items()):
+            kind = plugin.kind  # capture_<id>: the id is looked up in the plugin registry
             try:
                 values = torch.as_tensor(plugin.collect(batch)).detach()
                 dims = tuple(plugin.dims)
@@ -181,11 +182,11 @@ class Capture:
                     index = tuple(
                         b if a == 0 else slice(0, n) if a in axes else slice(None) for a in range(values.ndim)
                     )
-                    out[b][plugin.kind] = Slice(copy, index)
+                    out[b][kind] = Slice(copy, index)
             except Exception as exc:
                 self._failed(name, "collect", exc)
                 for kept in out:
-                    kept.pop(plugin.kind, None)
+                    kept.pop(kind, None)
         return out
 
     def stream(self, device: torch.device) -> Any:
