@@ -171,7 +171,7 @@ class Explorer(SessionActions, DocumentReader):
             notes.append(f"'{self.head_reduction}' combines token colours only: choose another to see a matrix")
         else:
             out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: self._matrix(layer_matrices)))
-        self._token_outputs(out, attention, layer_matrices, layer_key, head, reduction, notes)
+        self._token_outputs(out, attention, layer_matrices, layer_key, reduction, notes)
         if self._wanted("head_summary"):
             summary_key = (doc_key, self.kind)
             summary = self._cache.get("head_summary", summary_key, lambda: self._summary(doc))
@@ -186,7 +186,6 @@ class Explorer(SessionActions, DocumentReader):
         attention: xr.DataArray,
         layer_matrices: xr.DataArray,
         layer_key: Hashable,
-        head: Any,
         reduction: str,
         notes: list[str],
     ) -> None:
@@ -200,23 +199,16 @@ class Explorer(SessionActions, DocumentReader):
             except ValueError:  # e.g. flow after rollout fused the heads: flow runs on the raw attention
                 source = self.transformed(out["document"][1], self.kind, NO_TRANSFORM)
                 notes.append(f"{agg.id} needs every head: computed before the transform '{self.transform}'")
-            lacks = agg.missing(source)
-            if lacks:
-                notes.append(f"'{agg.id}' needs {lacks}: choose another token colour")
+            if _lacks(agg, source, notes):
                 return
             vector = self._cache.get("token_vector", key, lambda: agg(source.astype(np.float32)))
             out["token_vector"] = (key, vector)
             return
-        lacks = agg.missing(layer_matrices) if agg is not None else ""
-        if lacks:
-            notes.append(f"'{agg.id}' needs {lacks}: choose another token colour")
+        if agg is not None and _lacks(agg, layer_matrices, notes):
             return
         vec_key = (layer_key, spec)
         head_vectors = self._cache.get("head_vectors", vec_key, lambda: self._head_vectors(layer_matrices, agg))
-        out["head_vectors"] = (vec_key, head_vectors)
-        tv_key = (vec_key, head, reduction)
-        vector = self._cache.get("token_vector", tv_key, lambda: self._reduce(head_vectors, "head", reduction))
-        out["token_vector"] = (tv_key, vector)
+        self._publish(out, vec_key, head_vectors, "head", reduction)
 
     def _vector_outputs(self, out: dict, doc: Document, doc_key: Hashable, notes: list[str]) -> None:
         """Outputs of legacy AttViz vectors, or of a store that keeps token vectors only."""
@@ -225,11 +217,7 @@ class Explorer(SessionActions, DocumentReader):
             notes.append(f"this document keeps no attention: load {model} (--model) to recompute it")
             return
         if self.kind == "vectors":
-            vectors = doc.vectors
-            out["head_vectors"] = (doc_key, vectors)
-            key = (doc_key, self.head if self.head_reduction == HEAD else None, self.head_reduction)
-            reduced = self._cache.get("token_vector", key, lambda: self._reduce(vectors, "vector", self.head_reduction))
-            out["token_vector"] = (key, reduced)
+            self._publish(out, doc_key, doc.vectors, "vector", self.head_reduction)
             return
         stored = doc.get(self.kind + VECTORS)
         specs = [str(v) for v in stored["vector"].values]
@@ -248,16 +236,20 @@ class Explorer(SessionActions, DocumentReader):
         head_vectors = self._cache.get(
             "head_vectors", vec_key, lambda: stored.sel(vector=spec).isel(layer=self.layer).drop_vars(coords)
         )
-        out["head_vectors"] = (vec_key, head_vectors)
-        head = self.head if self.head_reduction == HEAD else None
-        tv_key = (vec_key, head, self.head_reduction)
-        vector = self._cache.get(
-            "token_vector", tv_key, lambda: self._reduce(head_vectors, "head", self.head_reduction)
-        )
-        out["token_vector"] = (tv_key, vector)
+        self._publish(out, vec_key, head_vectors, "head", self.head_reduction)
         notes.append(f"this store keeps token vectors only (showing {spec}); load {model} to see matrices")
         if self.transform != NO_TRANSFORM:
             notes.append(f"'{self.transform}' needs the matrices")
+
+    def _publish(self, out: dict, key: Hashable, vectors: xr.DataArray | None, over: str, reduction: str) -> None:
+        """Publish one token vector per head (or legacy vector, ``over``) under ``key``, and the token
+        colour: the selected one or their combination (cached)."""
+        out["head_vectors"] = (key, vectors)
+        tv_key = (key, self.head if reduction == HEAD else None, reduction)
+        out["token_vector"] = (
+            tv_key,
+            self._cache.get("token_vector", tv_key, lambda: self._reduce(vectors, over, reduction)),
+        )
 
     def _matrix(self, layer_matrices: xr.DataArray) -> xr.DataArray:
         """The (query, key) matrix shown."""
@@ -361,6 +353,14 @@ def _loaded(attention: xr.DataArray, layer: int | None) -> xr.DataArray:
     for index in np.ndindex(values.shape[:-2]):
         out[index] = as_float32(values[index])
     return array.copy(data=out)
+
+
+def _lacks(agg: Aggregation, array: xr.DataArray, notes: list[str]) -> bool:
+    """Whether ``agg`` cannot run on ``array`` (:meth:`Aggregation.missing`); if so, the notice says why."""
+    lacks = agg.missing(array)
+    if lacks:
+        notes.append(f"'{agg.id}' needs {lacks}: choose another token colour")
+    return bool(lacks)
 
 
 def _same(a: Any, b: Any) -> bool:

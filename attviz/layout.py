@@ -278,20 +278,11 @@ def _kept_text(e: Explorer) -> str:
 def _selected_text(e: Explorer) -> str:
     if e.selected_token is None:
         return "<small>No token selected: click one.</small>"
-    attention = e.attention
-    if attention is not None and "query_text" in attention.coords and e.selected_token < attention.sizes["query"]:
-        token = str(attention.coords["query_text"].values[e.selected_token])
-        return f"Selected: <b>{html.escape(token)}</b> (position {e.selected_token})"
-    vectors = e.head_vectors
-    if vectors is not None and "token_text" in vectors.coords and e.selected_token < vectors.sizes["token"]:
-        token = str(vectors.coords["token_text"].values[e.selected_token])
-        return f"Selected: <b>{html.escape(token)}</b> (position {e.selected_token})"
+    for array, dim in ((e.attention, "query"), (e.head_vectors, "token")):
+        if array is not None and f"{dim}_text" in array.coords and e.selected_token < array.sizes[dim]:
+            token = str(array.coords[f"{dim}_text"].values[e.selected_token])
+            return f"Selected: <b>{html.escape(token)}</b> (position {e.selected_token})"
     return f"Selected: position {e.selected_token}"
 
 
-def explorer_layout(explorer: Explorer) -> pn.Row:
-    """The plain explorer layout (see :class:`ExplorerLayout`)."""
-    return ExplorerLayout(explorer).panel()
-
-
-__all__ = ["FEEDS", "TABS", "ExplorerLayout", "bind_view", "explorer_layout"]
+__all__ = ["FEEDS", "TABS", "ExplorerLayout", "bind_view"]

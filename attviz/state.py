@@ -347,12 +347,3 @@ class ExplorerState(param.Parameterized):
     def document_vector(self) -> bool:
         """Whether the token colour is computed from the whole document (e.g. attention flow)."""
         return self.vector in self._document_vectors
-
-
-class _Changed:
-    """A stand-in for a param event of a fix (name and new value)."""
-
-    __slots__ = ("name", "new", "old")
-
-    def __init__(self, name: str, new: Any):
-        self.name, self.new, self.old = name, new, None
