@@ -66,6 +66,17 @@ class PluginInfo:
 _VALIDATORS: dict[str, Callable[[Any], None]] = {}
 
 
+def check_plugin_class(cls: Any, base: type, public_name: str, method: str, *, described: bool = True) -> None:
+    """The checks every plugin kind shares: ``cls`` subclasses ``base`` (``public_name``, e.g.
+    ``attviz.views.View``), overrides ``method`` and, when ``described``, has a ``description``."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"{cls!r} is not a subclass of {public_name}")
+    if getattr(cls, method) is getattr(base, method):
+        raise TypeError(f"{cls.__name__} does not implement {method}()")
+    if described and not cls.description:
+        raise TypeError(f"{cls.__name__} has no description")
+
+
 def register_validator(group: str, validator: Callable[[Any], None]) -> None:
     """Set the check a plugin class of ``group`` must pass (called by each plugin base module)."""
     _VALIDATORS[group] = validator

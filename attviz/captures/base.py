@@ -27,7 +27,7 @@ import param
 
 from attviz.corpus import CAPTURE, KIND_STREAMS, TOKEN_DIMS
 from attviz.errors import AttvizError
-from attviz.registry import register_validator
+from attviz.registry import check_plugin_class, register_validator
 
 if TYPE_CHECKING:  # torch is heavy: imported where a capture runs
     import torch
@@ -237,12 +237,7 @@ def token_axes(dims: Sequence[str]) -> list[int]:
 
 
 def _validate_capture(cls: Any) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, ModelCapture)):
-        raise TypeError(f"{cls!r} is not a subclass of attviz.captures.ModelCapture")
-    if cls.collect is ModelCapture.collect:
-        raise TypeError(f"{cls.__name__} does not implement collect()")
-    if not cls.description:
-        raise TypeError(f"{cls.__name__} has no description")
+    check_plugin_class(cls, ModelCapture, "attviz.captures.ModelCapture", "collect")
     dims = tuple(cls.dims)
     if not dims or len(set(dims)) != len(dims) or not all(isinstance(d, str) and d for d in dims):
         raise TypeError(f"{cls.__name__}.dims must name distinct dims, e.g. ('layer', 'head', 'key'), not {dims!r}")

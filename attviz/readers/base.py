@@ -6,7 +6,7 @@ import os
 from typing import Any, ClassVar
 
 from attviz.corpus import Corpus
-from attviz.registry import register_validator
+from attviz.registry import check_plugin_class, register_validator
 
 
 class Reader:
@@ -31,10 +31,7 @@ class Reader:
 
 
 def _validate_reader(cls: Any) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, Reader)):
-        raise TypeError(f"{cls!r} is not a subclass of attviz.readers.Reader")
-    if cls.read is Reader.read:
-        raise TypeError(f"{cls.__name__} does not implement read()")
+    check_plugin_class(cls, Reader, "attviz.readers.Reader", "read", described=False)
 
 
 register_validator("attviz.readers", _validate_reader)

@@ -23,7 +23,7 @@ import panel as pn
 import param
 import xarray as xr
 
-from attviz.registry import register_validator
+from attviz.registry import check_plugin_class, register_validator
 
 if set(hv.Store.renderers) == {"bokeh"}:  # no other backend chosen by the user
     hv.Store.set_current_backend("bokeh")  # builds the hv.opts.<Element> helpers without hv.extension()
@@ -115,12 +115,7 @@ class View(pn.viewable.Viewer):
 
 
 def _validate_view(cls: Any) -> None:
-    if not (isinstance(cls, type) and issubclass(cls, View)):
-        raise TypeError(f"{cls!r} is not a subclass of attviz.views.View")
-    if cls.__panel__ is View.__panel__:
-        raise TypeError(f"{cls.__name__} does not implement __panel__()")
-    if not cls.description:
-        raise TypeError(f"{cls.__name__} has no description")
+    check_plugin_class(cls, View, "attviz.views.View", "__panel__")
     unknown = [r for r in cls.requires if r not in REQUIREMENTS]
     if not cls.requires or unknown:
         raise TypeError(f"{cls.__name__}.requires must name some of {sorted(REQUIREMENTS)} (got {cls.requires!r})")
