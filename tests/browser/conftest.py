@@ -133,9 +133,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_http(url: str, timeout: float = 20.0) -> None:
+def wait_for_http(
+    url: str, timeout: float = 20.0, *, what: str = "the Panel server", process: Any = None, log: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; fail after ``timeout`` s, or at once when ``process`` (a Popen)
+    has exited (``log``: the file whose tail the error shows)."""
+    tail = (lambda: ":\n" + log.read_text()[-3000:]) if log is not None else (lambda: "")
     deadline = time.monotonic() + timeout
     while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}{tail()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -143,7 +150,7 @@ def _wait_for_http(url: str, timeout: float = 20.0) -> None:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the Panel server did not answer at {url} within {timeout} s")
+            raise RuntimeError(f"{what} did not answer at {url} within {timeout} s{tail()}")
         time.sleep(0.05)
 
 
@@ -163,7 +170,7 @@ def start_server(factory: Callable[[], Any], **kwargs: Any) -> tuple[str, Any]:
         liveness=True,
         **kwargs,
     )
-    _wait_for_http(f"http://127.0.0.1:{port}/liveness")
+    wait_for_http(f"http://127.0.0.1:{port}/liveness")
     return f"http://127.0.0.1:{port}/app", thread
 
 
