@@ -23,7 +23,11 @@ import numpy as np
 import torch
 
 from attviz.policy import SUMMARY, VECTORS, StoragePolicy
+from attviz.qk import QK_SUFFIXES, QKAttention, matrix_bytes, qk_bytes
 from attviz.store import Quantized, quantize_rows_torch
+
+#: How extraction keeps attention: ``auto`` (per document, the smaller of q/k and matrices), ``qk``, ``matrices``.
+ATTENTION_MODES = ("auto", "qk", "matrices")
 
 # model types whose attention mask is only padding, built by create_bidirectional_mask (checked in
 # transformers 5.x): a ready 4-D mask is equivalent there
@@ -69,7 +73,12 @@ class Slice:
 
 
 def materialize(value: Any) -> Any:
-    """numpy (or :class:`Quantized` of numpy) for a value :meth:`Capture.kind` returned."""
+    """numpy (or :class:`Quantized` of numpy, or :class:`QKAttention` of numpy) for a value
+    :meth:`Capture.kind` or :meth:`Capture.kind_qk` returned."""
+    if isinstance(value, QKAttention):
+        for name in QK_SUFFIXES:
+            setattr(value, name, materialize(getattr(value, name)))
+        return value
     if isinstance(value, Quantized):
         return Quantized(materialize(value.q), materialize(value.scale))
     if isinstance(value, HostCopy | Slice):
@@ -87,10 +96,21 @@ class Capture:
         four_d_mask: bool | None = None,
         plugins: Mapping[str, Any] | None = None,
         strict: bool = True,
+        attention: str = "matrices",
     ):
         """``plugins``: ``{id: ModelCapture}`` to run (see :func:`attviz.captures.resolve`); ``strict``:
         a failing plugin stops the extraction (else it is left out for the rest of the job, with its
-        error in :attr:`skipped`)."""
+        error in :attr:`skipped`); ``attention``: one of :data:`ATTENTION_MODES` (``auto`` and ``qk``
+        capture queries and keys through the attention interface: :meth:`kind_qk`)."""
+        if attention not in ATTENTION_MODES:
+            from attviz.errors import AttvizError
+
+            raise AttvizError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}")
+        self.attention = attention
+        #: Why queries and keys are not captured (set when ``auto``/``qk`` fell back to matrices).
+        self.fallback: str = ""
+        #: The first batch's rebuild check (:func:`attviz.qk_capture.check_rebuild`), once done.
+        self.check: dict[str, Any] | None = None
         self.policy = policy or StoragePolicy()
         self.plugins: dict[str, Any] = dict(plugins or {})
         self.strict = strict
@@ -228,24 +248,126 @@ class Capture:
                 # per document: a padded key must not set a row's scale
                 q = quantize_rows_torch(stacked[b, :, :, :n, :m], host=False)
                 out[b][kind] = Quantized(HostCopy(q.q, stream), HostCopy(q.scale, stream))
+        self._reductions(kind, out, sizes, special, lambda b, n, m: torch.stack([a[b, :, :n, :m] for a in attentions]))
+        return out
+
+    def _reductions(self, kind: str, out: list[dict[str, Any]], sizes, special, document: Any) -> None:
+        """The policy's token-level aggregations and head summary per document, on the device;
+        ``document(b, n, m)`` gives one document's ``(layer, head, query, key)`` weights."""
+        policy = self.policy
         square = kind != "cross"
         reducers = policy.aggregations() if square else {}
-        if reducers or (policy.summary and square):
-            flags_batch = None
-            if special is not None:  # every document's flags in one host-to-device copy
-                padded = np.zeros((len(sizes), max(m for _, m in sizes)), dtype=bool)
-                for b, (_, m) in enumerate(sizes):
-                    padded[b, :m] = np.asarray(special[b], dtype=bool)[:m]
-                flags_batch = torch.from_numpy(padded).to(device)
-            for b, (n, m) in enumerate(sizes):
-                document = torch.stack([a[b, :, :n, :m] for a in attentions])  # (layer, head, query, key)
-                flags = None if flags_batch is None else flags_batch[b, :m]
-                if reducers:
-                    values = torch.stack([_reduce(agg, document, flags) for agg in reducers.values()])
-                    out[b][kind + VECTORS] = HostCopy(values, stream)
-                if policy.summary and square:
-                    summary = _reduce(policy.summary_aggregation(), document, flags)
-                    out[b][kind + SUMMARY] = HostCopy(summary, stream)
+        if not (reducers or (policy.summary and square)):
+            return
+        device = None
+        flags_batch = None
+        for b, (n, m) in enumerate(sizes):
+            weights = document(b, n, m)
+            if device is None:
+                device = weights.device
+                if special is not None:  # every document's flags in one host-to-device copy
+                    padded = np.zeros((len(sizes), max(m for _, m in sizes)), dtype=bool)
+                    for i, (_, width) in enumerate(sizes):
+                        padded[i, :width] = np.asarray(special[i], dtype=bool)[:width]
+                    flags_batch = torch.from_numpy(padded).to(device)
+            stream = self.stream(device)
+            flags = None if flags_batch is None else flags_batch[b, :m]
+            if reducers:
+                values = torch.stack([_reduce(agg, weights, flags) for agg in reducers.values()])
+                out[b][kind + VECTORS] = HostCopy(values, stream)
+            if policy.summary and square:
+                summary = _reduce(policy.summary_aggregation(), weights, flags)
+                out[b][kind + SUMMARY] = HostCopy(summary, stream)
+
+    def kind_qk(
+        self,
+        kind: str,
+        calls: Sequence[Any],
+        sizes: Sequence[tuple[int, int]],
+        special: Sequence[np.ndarray] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Like :meth:`kind`, from the recorded attention calls of one kind (one per layer): each
+        document's kept layers and heads as a :class:`QKAttention` (float16 q and k, float32 row
+        log-sum-exp) where that is the smaller (``auto``) or asked for (``qk``), else float16
+        matrices rebuilt from the float32 q and k (equal to the eager weights within 1e-6)."""
+        from attviz.qk_capture import QKUnavailable, document_qk, log_sum_exp, to_int16, weights
+
+        policy = self.policy
+        cache: dict = {}
+        documents = [document_qk(calls, b, n, m, cache) for b, (n, m) in enumerate(sizes)]
+        out: list[dict[str, Any]] = [{} for _ in sizes]
+        if not calls:
+            return out
+        device = calls[0].query.device
+        stream = self.stream(device)
+        n_layers, n_heads = len(calls), calls[0].query.shape[1]
+        layer_ids = list(policy.layers) if policy.layers is not None else list(range(n_layers))
+        head_ids = list(policy.heads) if policy.heads is not None else None
+        kept_heads = len(head_ids) if head_ids is not None else n_heads
+        for b, (n, m) in enumerate(sizes):
+            if self.causal is None and kind in ("self", "decoder") and n > 1:
+                self.causal = documents[b][0].rule.causal
+            layers = [documents[b][i] for i in layer_ids]
+            if not policy.matrices or not layers:
+                continue
+            key_heads, dim = layers[0].key.shape[0], layers[0].query.shape[-1]
+            small = qk_bytes(len(layers), kept_heads, key_heads, dim, n, m) < matrix_bytes(
+                len(layers), kept_heads, n, m, layers[0].rule.causal
+            )
+            if self.attention == "qk" or small:
+                try:
+                    query, query_scale = to_int16(
+                        torch.stack([x.query if head_ids is None else x.query[head_ids] for x in layers])
+                    )
+                    key, key_scale = to_int16(torch.stack([x.key for x in layers]))
+                except QKUnavailable:
+                    query = None  # this document keeps matrices
+                if query is not None:
+                    lse = torch.stack(
+                        [
+                            log_sum_exp(
+                                query[i].float() * query_scale[i, ..., None],
+                                key[i].float() * key_scale[i, ..., None],
+                                x.rule,
+                                x.bias,
+                            )
+                            for i, x in enumerate(layers)
+                        ]
+                    )
+                    bias = None
+                    if any(x.bias is not None for x in layers):
+                        zero = torch.zeros(n_heads, n + m - 1, device=device)
+                        bias = torch.stack([(zero if x.bias is None else x.bias.float()) for x in layers])
+                        if head_ids is not None:
+                            bias = bias[:, head_ids]
+                    out[b][kind] = QKAttention(
+                        query=HostCopy(query, stream),
+                        key=HostCopy(key, stream),
+                        query_scale=HostCopy(query_scale, stream),
+                        key_scale=HostCopy(key_scale, stream),
+                        lse=HostCopy(lse.float(), stream),
+                        bias=None if bias is None else HostCopy(bias, stream),
+                        rules=[x.rule for x in layers],
+                        layers=list(policy.layers) if policy.layers is not None else None,
+                        heads=head_ids,
+                        groups=n_heads // key_heads,
+                    )
+                    continue
+            stacked = torch.stack(
+                [weights(x.query if head_ids is None else x.query[head_ids], x.key, x.rule, x.bias) for x in layers]
+            )
+            if self.quantize_on_device:
+                q = quantize_rows_torch(stacked, host=False)
+                out[b][kind] = Quantized(HostCopy(q.q, stream), HostCopy(q.scale, stream))
+            else:
+                out[b][kind] = HostCopy(stacked.to(torch.float16), stream)
+        self._reductions(
+            kind,
+            out,
+            sizes,
+            special,
+            lambda b, n, m: torch.stack([weights(x.query, x.key, x.rule, x.bias) for x in documents[b]]),
+        )
         return out
 
 

@@ -290,6 +290,7 @@ class Document:
 
     def __post_init__(self) -> None:
         self._loaded: dict[str, xr.DataArray] = {}
+        self._qk: dict[str, Any] = {}
 
     # -- arrays --------------------------------------------------------------------------------
     @property
@@ -304,12 +305,44 @@ class Document:
         if kind not in self._loaded:
             value = self.arrays[kind]
             array = value() if callable(value) else value
+            if hasattr(array, "to_dataarray"):  # kept as queries and keys (attviz.qk.QKAttention)
+                self._qk[kind] = array
+                array = array.to_dataarray()
             if kind in KIND_STREAMS:  # a matrix: with what capture plugins recorded, as coordinates
                 for other in self.arrays:
                     if kind_role(other)[0] == "capture":
                         array = attach_capture(array, self.get(other), kind)
             self._loaded[kind] = array
         return self._loaded[kind]
+
+    def qk(self, kind: str | None = None) -> Any:
+        """The :class:`attviz.qk.QKAttention` of a matrix kind (default: the main one) when this
+        document keeps its attention as queries and keys, else None."""
+        kind = kind or self._main_kind()
+        if kind not in self.arrays or kind not in KIND_STREAMS:
+            return None
+        self.get(kind)
+        return self._qk.get(kind)
+
+    def _main_kind(self) -> str:
+        return next((k for k in ("self", "encoder") if k in self.arrays), "self")
+
+    def queries(self, layer: int, head: int, kind: str | None = None) -> xr.DataArray:
+        """One head's queries ``(query, dim)`` as the attention function received them (post-RoPE)."""
+        return self._kept_qk(kind).queries(layer, head)
+
+    def keys(self, layer: int, head: int, kind: str | None = None) -> xr.DataArray:
+        """The keys ``(key, dim)`` one query head attends with (its key head under grouped-query attention)."""
+        return self._kept_qk(kind).keys(layer, head)
+
+    def _kept_qk(self, kind: str | None) -> Any:
+        kept = self.qk(kind)
+        if kept is None:
+            raise KeyError(
+                f"document {self.id!r} keeps its {kind or self._main_kind()!r} attention as matrices, not queries "
+                "and keys (extract with attention='qk' / --attention qk to keep them)"
+            )
+        return kept
 
     @property
     def captures(self) -> list[str]:

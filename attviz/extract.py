@@ -71,6 +71,7 @@ def extract(
     compression: str = "lz4",
     policy: StoragePolicy | None = None,
     captures: str | Sequence[Any] | None = None,
+    attention: str = "auto",
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -108,6 +109,15 @@ def extract(
         from the model (e.g. ``["value_norm"]``, parameters as ``"id:name=value"``); one that cannot run
         on the model is an error. ``"auto"``: every installed one that supports the model (the others
         are listed with the reason in ``corpus.attrs["captures_skipped"]``). Default: none.
+    attention
+        How attention is kept: ``"qk"``, the queries and keys (float16) from which every weight is
+        rebuilt exactly (:mod:`attviz.qk`), captured through transformers' attention interface while
+        the model runs its fast SDPA kernel; ``"matrices"``, every float16 matrix from an eager pass;
+        ``"auto"`` (default): q/k per document where that is smaller (long documents), else matrices.
+        The first batch's rebuild is checked against the eager weights; a model whose attention
+        cannot be rebuilt (e.g. DeBERTa, which never calls the interface) keeps matrices under
+        ``auto`` (the reason is printed and kept in ``corpus.attrs["attention_fallback"]``) and
+        fails under ``qk``.
     """
     loaded = _loaded(model, tokenizer, device, dtype)
     texts = _check_texts(texts)
@@ -138,6 +148,7 @@ def extract(
         "predictor": "zero-shot" if predictor else ("classifier" if loaded.label_names else ""),
         "label_descriptions": dict(zip(predictor.labels, predictor.descriptions, strict=True)) if predictor else {},
         "policy": policy.settings(),
+        "attention": attention,
     }
     if plugins:
         settings["captures"] = [plugin.spec() for plugin in plugins.values()]
@@ -167,6 +178,7 @@ def extract(
         quantize_on_device=compression == "uint8" and loaded.device.type != "cpu",
         plugins=plugins,
         strict=captures != "auto",
+        attention=attention,
     )
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
@@ -198,6 +210,9 @@ def extract(
         raise
     bar.close()
     attrs["causal"] = int(bool(capture.causal))
+    attrs.update(_attention_attrs(capture))
+    if progress and capture.fallback:
+        print(f"attviz: kept attention matrices: {capture.fallback}", file=sys.stderr)
     if plugins or skipped:
         attrs["captures"] = list(capture.plugins)
         attrs["captures_skipped"] = {**skipped, **capture.skipped}
@@ -313,34 +328,54 @@ def run_batch(
         kwargs["decoder_input_ids"] = dec_ids
         if _padded([u.target_ids for u in batch]):
             kwargs["decoder_attention_mask"] = dec_mask
+    lengths = [(len(u.input_ids), len(u.target_ids or ())) for u in batch]
+    sizes = {
+        "self": [(n, n) for n, _ in lengths],
+        "encoder": [(n, n) for n, _ in lengths],
+        "decoder": [(m, m) for _, m in lengths],
+        "cross": [(m, n) for n, m in lengths],
+    }
+    streams = {"self": "tokens", "encoder": "tokens", "decoder": "target_tokens", "cross": "tokens"}
+    arrays: list[dict[str, Any]] = [{} for _ in batch]
+    config = loaded.config
+    kinds = (
+        {k: expected_layers(config, "decoder" if k == "cross" else k) for k in ("encoder", "decoder", "cross")}
+        if loaded.encoder_decoder
+        else {"self": expected_layers(config, "self")}
+    )
     with torch.inference_mode(), capture.plugin_hooks(loaded):
-        out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
-        config = loaded.config
-        if loaded.encoder_decoder:
-            stacks = {
-                "encoder": (out.encoder_attentions, expected_layers(config, "encoder")),
-                "decoder": (out.decoder_attentions, expected_layers(config, "decoder")),
-                "cross": (out.cross_attentions, expected_layers(config, "decoder")),
-            }
-        else:
-            stacks = {"self": (out.attentions, expected_layers(config, "self"))}
-        lengths = [(len(u.input_ids), len(u.target_ids or ())) for u in batch]
-        sizes = {
-            "self": [(n, n) for n, _ in lengths],
-            "encoder": [(n, n) for n, _ in lengths],
-            "decoder": [(m, m) for _, m in lengths],
-            "cross": [(m, n) for n, m in lengths],
+        specials = {
+            kind: [np.asarray(getattr(u, streams[kind])["special"], dtype=bool) for u in batch] for kind in kinds
         }
-        streams = {"self": "tokens", "encoder": "tokens", "decoder": "target_tokens", "cross": "tokens"}
-        arrays: list[dict[str, Any]] = [{} for _ in batch]
-        for kind, (attentions, layers) in stacks.items():
-            check_attentions(attentions, kind, loaded.name, layers)
-            special = [np.asarray(getattr(u, streams[kind])["special"], dtype=bool) for u in batch]
-            n = sizes[kind][0][0]
-            if capture.causal is None and kind in ("self", "decoder") and n > 1:  # once per job
-                capture.causal = not bool(torch.triu(attentions[0][0, :, :n, :n].float(), 1).any())
-            for b, kept in enumerate(capture.kind(kind, attentions, sizes[kind], special)):
-                arrays[b].update(kept)
+        out = None
+        if capture.attention != "matrices" and not capture.fallback:
+            from attviz.qk_capture import QKUnavailable
+
+            try:
+                out = _forward_qk(loaded, kwargs, kinds, sizes, specials, capture, arrays)
+            except QKUnavailable as exc:
+                if capture.attention == "qk":
+                    raise AttvizError(f"cannot keep queries and keys of {loaded.name}: {exc}") from exc
+                capture.fallback = str(exc)  # auto: matrices from here on (documents kept as q/k stay so)
+                arrays = [{} for _ in batch]
+        if out is None:
+            with _implementation(loaded, "eager"):
+                out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
+            if loaded.encoder_decoder:
+                stacks = {
+                    "encoder": out.encoder_attentions,
+                    "decoder": out.decoder_attentions,
+                    "cross": out.cross_attentions,
+                }
+            else:
+                stacks = {"self": out.attentions}
+            for kind, attentions in stacks.items():
+                check_attentions(attentions, kind, loaded.name, kinds[kind])
+                n = sizes[kind][0][0]
+                if capture.causal is None and kind in ("self", "decoder") and n > 1:  # once per job
+                    capture.causal = not bool(torch.triu(attentions[0][0, :, :n, :n].float(), 1).any())
+                for b, kept in enumerate(capture.kind(kind, attentions, sizes[kind], specials[kind])):
+                    arrays[b].update(kept)
         for b, kept in enumerate(capture.plugin_arrays(loaded, out, input_ids, mask, [n for n, _ in lengths])):
             arrays[b].update(kept)
         probabilities = None
@@ -349,6 +384,42 @@ def run_batch(
         elif loaded.label_names and getattr(out, "logits", None) is not None:
             probabilities = softmax_probabilities(out.logits).cpu().numpy()
     return [(unit, arrays[b], None if probabilities is None else probabilities[b]) for b, unit in enumerate(batch)]
+
+
+def _attention_attrs(capture: Capture) -> dict[str, Any]:
+    """What the corpus attrs say about how attention was captured and checked."""
+    attrs: dict[str, Any] = {"attention_mode": capture.attention}
+    if capture.attention != "matrices":
+        attrs["attn_implementation"] = "attviz (sdpa + q/k capture)" if not capture.fallback else "eager"
+    if capture.fallback:
+        attrs["attention_fallback"] = capture.fallback
+    if capture.check is not None:
+        attrs["qk_check"] = {k: (round(v, 9) if isinstance(v, float) else v) for k, v in capture.check.items()}
+    return attrs
+
+
+def _implementation(loaded: LoadedModel, name: str):
+    from attviz.qk_capture import implementation
+
+    return implementation(loaded.model, name)
+
+
+def _forward_qk(loaded, kwargs, kinds, sizes, specials, capture: Capture, arrays: list[dict[str, Any]]) -> Any:
+    """The model's fast forward pass with queries and keys recorded through the attention interface;
+    fills ``arrays`` per document; the first batch is checked against eager weights (QKUnavailable)."""
+    from attviz.qk_capture import ATTENTION_NAME, QKUnavailable, assign, check_rebuild, recording, uses_interface
+
+    if not uses_interface(loaded.model):
+        raise QKUnavailable(f"{type(loaded.model).__name__} never calls transformers' attention interface")
+    with _implementation(loaded, ATTENTION_NAME), recording() as calls:
+        out = loaded.model(**kwargs, return_dict=True)
+    per_kind = assign(calls, kinds)
+    if capture.check is None:
+        capture.check = check_rebuild(loaded, kwargs, per_kind, sizes, lambda: _implementation(loaded, "eager"))
+    for kind, layer_calls in per_kind.items():
+        for b, kept in enumerate(capture.kind_qk(kind, layer_calls, sizes[kind], specials[kind])):
+            arrays[b].update(kept)
+    return out
 
 
 # -- bookkeeping ---------------------------------------------------------------------------------------

@@ -175,9 +175,7 @@ class ExplorerLayout(pn.viewable.Viewer):
         forward = pn.widgets.Button(label="▶", width=40, description="Next document")
         back.on_click(lambda *_: e.step(-1))
         forward.on_click(lambda *_: e.step(1))
-        kind = pn.widgets.RadioButtonGroup.from_param(
-            p.kind, label="Attention", color="primary", variant="outline"
-        )
+        kind = pn.widgets.RadioButtonGroup.from_param(p.kind, label="Attention", color="primary", variant="outline")
         kind.visible = pn.bind(lambda *_: len(e.param.kind.objects) > 1, p.document, p.kind)
         layer = pn.widgets.IntSlider.from_param(p.layer, label="Layer", visible=p.has_layers, **wide)
         head = pn.widgets.IntSlider.from_param(p.head, label="Head", visible=p.has_heads, **wide)

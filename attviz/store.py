@@ -59,6 +59,7 @@ from attviz.corpus import (
     vector_array,
 )
 from attviz.errors import StoreError
+from attviz.qk import QK_SUFFIXES, QKAttention
 from attviz.quantize import (  # noqa: F401  (re-exported: the store's quantisation lives there)
     QuantizationError,
     Quantized,
@@ -82,7 +83,8 @@ from attviz.zarr3 import (
 
 FORMAT_VERSION = 1  # float16 stores
 QUANTIZED_FORMAT_VERSION = 2  # uint8 stores: an attviz that reads only format 1 must refuse them
-READABLE_VERSION = 2
+QK_FORMAT_VERSION = 3  # stores with documents kept as queries and keys (attviz.qk)
+READABLE_VERSION = 3
 PROGRESS = "progress.jsonl"
 COMPRESSION = ("lz4", "zstd", "none", "uint8")
 DEFAULT_COMPRESSION = "lz4"
@@ -196,9 +198,14 @@ class StoreWriter:
         directory.mkdir()
         write_json(directory / "zarr.json", group_meta(), self._written)
         error = 0.0
+        qk_kinds = []
         for kind, values in arrays.items():
             attrs = dict((array_attrs or {}).get(kind, {}))
             role, _ = kind_role(kind)
+            if isinstance(values, QKAttention):
+                self._qk(directory, kind, values)
+                qk_kinds.append(kind)
+                continue
             if role != "matrix":
                 values = np.asarray(values, dtype=np.float32)
                 dims = _DIMS.get(role) or tuple(attrs["dims"])  # a capture's dims are the plugin's
@@ -223,8 +230,29 @@ class StoreWriter:
         }
         if self.compression == "uint8":
             record["error"] = error
+        if qk_kinds:
+            record["qk"] = qk_kinds
         self._progress.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
         self.records[index] = record
+
+    def _qk(self, directory: Path, kind: str, values: QKAttention) -> None:
+        """One kind kept as queries and keys: ``{kind}_qk_query`` (with the rebuild's attrs), ``_key``,
+        their scales, ``_lse`` and ``_bias``, each with one inner chunk per layer."""
+        dims = {
+            "query": ("layer", "head", "query", "dim"),
+            "query_scale": ("layer", "head", "query"),
+            "key": ("layer", "key_head", "key", "dim"),
+            "key_scale": ("layer", "key_head", "key"),
+            "lse": ("layer", "head", "query"),
+            "bias": ("layer", "head", "offset"),
+        }
+        for role, suffix in QK_SUFFIXES.items():
+            array = getattr(values, role)
+            if array is None:
+                continue
+            dtype = np.asarray(array).dtype if role in ("query", "key") else np.float32
+            attrs = values.stored_attrs() if role == "query" else {}
+            self._array(directory / (kind + suffix), np.asarray(array), dims[role], attrs, dtype=dtype)
 
     def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
         write_array(directory, values, dims, attrs, self._codec, per_first, dtype, self._written)
@@ -265,16 +293,21 @@ class StoreWriter:
         table = table_from_rows(rows, label_names)
         table["group"] = ("doc", np.array([self.records[i]["group"] for i in indices], dtype=object))
         table["kinds"] = ("doc", np.array([",".join(self.records[i]["kinds"]) for i in indices], dtype=object))
+        qk = [",".join(self.records[i].get("qk", ())) for i in indices]
+        if any(qk):
+            table["qk"] = ("doc", np.array(qk, dtype=object))
         tokens, offsets, counts, streams = _token_dataset([self.records[i]["tokens"] for i in indices])
         table["token_offset"] = (("doc", "stream"), offsets)
         table["token_count"] = (("doc", "stream"), counts)
         table = table.assign_coords(stream=np.array(streams, dtype=object))
         write_dataset(self.partial / "table", table, self._written)
         write_dataset(self.partial / "tokens", tokens, self._written)
+        version = QUANTIZED_FORMAT_VERSION if self.compression == "uint8" else FORMAT_VERSION
         info = {
             **jsonable(dict(attrs)),
             **self.encoding_attrs(attrs),
-            "format_version": QUANTIZED_FORMAT_VERSION if self.compression == "uint8" else FORMAT_VERSION,
+            "qk_documents": sum(1 for text in qk if text),
+            "format_version": QK_FORMAT_VERSION if any(qk) else version,
             "documents": len(indices),
             "complete": True,
         }
@@ -374,6 +407,9 @@ def document_payload(doc: Document):
                 "layer": [int(v) for v in array["layer"].values],
                 "head": [int(v) for v in array["head"].values],
             }
+            kept = doc.qk(kind)
+            if kept is not None:  # stays queries and keys
+                arrays[kind] = kept.loaded()
             query_stream, key_stream = KIND_STREAMS[kind]
             tokens[query_stream] = tokens_of(array, "query")
             tokens[key_stream] = tokens_of(array, "key")
@@ -401,6 +437,9 @@ def stored_array(
     a policy's vectors or summary, legacy vectors); ``tokens(stream)`` gives a stream's token table.
     Used by the store reader and the in-memory sink alike."""
     role, base = kind_role(kind)
+    if isinstance(values, QKAttention):  # Document.get turns it into the (layer, head, query, key) DataArray
+        query_stream, key_stream = KIND_STREAMS[kind]
+        return values.with_tokens(tokens(query_stream), tokens(key_stream), kind if kind != "self" else "attention")
     if isinstance(values, Quantized):
         values = dequantize_rows(values.q, values.scale)
     where = {"layers": attrs.get("layer"), "heads": attrs.get("head")}
@@ -491,7 +530,28 @@ class _StoreLoader:
     def __call__(self, i: int) -> Document:
         group = str(self.table["group"].values[i])
         kinds = str(self.table["kinds"].values[i]).split(",")
-        return document_from_table(self.table, i, {kind: self._lazy(i, group, kind) for kind in kinds if kind})
+        qk = set(str(self.table["qk"].values[i]).split(",")) if "qk" in self.table else set()
+        arrays = {kind: (self._qk if kind in qk else self._lazy)(i, group, kind) for kind in kinds if kind}
+        return document_from_table(self.table, i, arrays)
+
+    def _qk(self, i: int, group: str, kind: str):
+        def load() -> QKAttention:
+            arrays = {}
+            for role, suffix in QK_SUFFIXES.items():
+                name = f"docs/{group}/{kind}{suffix}"
+                if role in ("query", "key", "lse") or name in self.root:
+                    arrays[role] = self.root[name]  # zarr arrays: read one layer (one inner chunk) at a time
+            attrs = dict(arrays["query"].attrs)
+            query_stream, key_stream = KIND_STREAMS[kind]
+            return QKAttention.from_stored(
+                arrays,
+                attrs,
+                self.token_table(i, query_stream),
+                self.token_table(i, key_stream),
+                name=kind if kind != "self" else "attention",
+            )
+
+        return load
 
     def _lazy(self, i: int, group: str, kind: str):
         def load() -> xr.DataArray:
