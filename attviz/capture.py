@@ -353,8 +353,17 @@ class Capture:
                         groups=n_heads // key_heads,
                     )
                     continue
+            keys_of = _key_heads(head_ids, n_heads // key_heads)
             stacked = torch.stack(
-                [weights(x.query if head_ids is None else x.query[head_ids], x.key, x.rule, x.bias) for x in layers]
+                [
+                    weights(
+                        x.query if head_ids is None else x.query[head_ids],
+                        keys_of(x.key),
+                        x.rule,
+                        x.bias if x.bias is None or head_ids is None else x.bias[head_ids],
+                    )
+                    for x in layers
+                ]
             )
             if self.quantize_on_device:
                 q = quantize_rows_torch(stacked, host=False)
@@ -369,6 +378,15 @@ class Capture:
             lambda b, n, m: torch.stack([weights(x.query, x.key, x.rule, x.bias) for x in documents[b]]),
         )
         return out
+
+
+def _key_heads(heads: Sequence[int] | None, groups: int) -> Any:
+    """``keys -> keys`` for the kept query ``heads``: each kept head's key head (all keys when every
+    head is kept; the rebuild repeats them for grouped queries)."""
+    if heads is None:
+        return lambda keys: keys
+    index = [h // groups for h in heads]
+    return lambda keys: keys[index]
 
 
 def _reduce(agg: Any, document: torch.Tensor, special: torch.Tensor | None) -> torch.Tensor:
