@@ -50,6 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         "none, or uint8 (quantised per row, ~4x smaller, "
         "max error row max / 510)",
     )
+    p.add_argument(
+        "--attention",
+        default=None,
+        choices=["auto", "qk", "matrices"],
+        help="keep attention as queries and keys (qk: the model runs its fast SDPA kernel and every weight is "
+        "rebuilt exactly, checked against eager attention on the first batch), as eager matrices, or per document "
+        "the smaller of the two (auto, default, or $ATTVIZ_ATTENTION); a model whose attention cannot be rebuilt keeps matrices and says why",
+    )
     keep = p.add_argument_group(
         "storage policy", "what to keep per document (default: every matrix); reductions run on the model's device"
     )
@@ -211,6 +219,7 @@ def _extract(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         force=args.force,
         captures=[spec for text in args.capture or () for spec in _split_specs(text)] or None,
+        attention=args.attention,
     )
     if not args.quiet:
         print(f"wrote {len(corpus)} documents to {args.output}", file=sys.stderr)

@@ -71,7 +71,7 @@ def extract(
     compression: str = "lz4",
     policy: StoragePolicy | None = None,
     captures: str | Sequence[Any] | None = None,
-    attention: str = "auto",
+    attention: str | None = None,
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -113,12 +113,14 @@ def extract(
         How attention is kept: ``"qk"``, the queries and keys (float16) from which every weight is
         rebuilt exactly (:mod:`attviz.qk`), captured through transformers' attention interface while
         the model runs its fast SDPA kernel; ``"matrices"``, every float16 matrix from an eager pass;
-        ``"auto"`` (default): q/k per document where that is smaller (long documents), else matrices.
+        ``"auto"`` (default; ``$ATTVIZ_ATTENTION`` changes it): q/k per document where that is smaller
+        (long documents), else matrices.
         The first batch's rebuild is checked against the eager weights; a model whose attention
         cannot be rebuilt (e.g. DeBERTa, which never calls the interface) keeps matrices under
         ``auto`` (the reason is printed and kept in ``corpus.attrs["attention_fallback"]``) and
         fails under ``qk``.
     """
+    attention = attention or os.environ.get("ATTVIZ_ATTENTION") or "auto"
     loaded = _loaded(model, tokenizer, device, dtype)
     texts = _check_texts(texts)
     ids = _check_ids(ids, len(texts))
@@ -318,23 +320,8 @@ def run_batch(
     synchronise).
     """
     capture = capture or Capture()
-    pad_id = loaded.tokenizer.pad_token_id
-    input_ids, mask = pad_batch([u.input_ids for u in batch], pad_id, loaded.device)
-    kwargs: dict[str, Any] = {"input_ids": input_ids}
-    if _padded([u.input_ids for u in batch]):
-        kwargs["attention_mask"] = additive_mask(mask, loaded.model.dtype) if capture.prepared_mask(loaded) else mask
-    if loaded.encoder_decoder:
-        dec_ids, dec_mask = pad_batch([u.target_ids for u in batch], pad_id, loaded.device)
-        kwargs["decoder_input_ids"] = dec_ids
-        if _padded([u.target_ids for u in batch]):
-            kwargs["decoder_attention_mask"] = dec_mask
-    lengths = [(len(u.input_ids), len(u.target_ids or ())) for u in batch]
-    sizes = {
-        "self": [(n, n) for n, _ in lengths],
-        "encoder": [(n, n) for n, _ in lengths],
-        "decoder": [(m, m) for _, m in lengths],
-        "cross": [(m, n) for n, m in lengths],
-    }
+    kwargs, input_ids, mask = _inputs(loaded, batch, capture)
+    sizes = _sizes(batch)
     streams = {"self": "tokens", "encoder": "tokens", "decoder": "target_tokens", "cross": "tokens"}
     arrays: list[dict[str, Any]] = [{} for _ in batch]
     config = loaded.config
@@ -352,7 +339,7 @@ def run_batch(
             from attviz.qk_capture import QKUnavailable
 
             try:
-                out = _forward_qk(loaded, kwargs, kinds, sizes, specials, capture, arrays)
+                out = _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture, arrays)
             except QKUnavailable as exc:
                 if capture.attention == "qk":
                     raise AttvizError(f"cannot keep queries and keys of {loaded.name}: {exc}") from exc
@@ -376,7 +363,9 @@ def run_batch(
                     capture.causal = not bool(torch.triu(attentions[0][0, :, :n, :n].float(), 1).any())
                 for b, kept in enumerate(capture.kind(kind, attentions, sizes[kind], specials[kind])):
                     arrays[b].update(kept)
-        for b, kept in enumerate(capture.plugin_arrays(loaded, out, input_ids, mask, [n for n, _ in lengths])):
+        for b, kept in enumerate(
+            capture.plugin_arrays(loaded, out, input_ids, mask, [len(u.input_ids) for u in batch])
+        ):
             arrays[b].update(kept)
         probabilities = None
         if predictor is not None:
@@ -398,24 +387,75 @@ def _attention_attrs(capture: Capture) -> dict[str, Any]:
     return attrs
 
 
+def _inputs(loaded: LoadedModel, batch: Sequence[Unit], capture: Capture) -> tuple[dict[str, Any], Any, Any]:
+    """The model's keyword arguments for a batch (right-padded), its input ids and its 2-D mask."""
+    pad_id = loaded.tokenizer.pad_token_id
+    input_ids, mask = pad_batch([u.input_ids for u in batch], pad_id, loaded.device)
+    kwargs: dict[str, Any] = {"input_ids": input_ids}
+    if _padded([u.input_ids for u in batch]):
+        kwargs["attention_mask"] = additive_mask(mask, loaded.model.dtype) if capture.prepared_mask(loaded) else mask
+    if loaded.encoder_decoder:
+        dec_ids, dec_mask = pad_batch([u.target_ids for u in batch], pad_id, loaded.device)
+        kwargs["decoder_input_ids"] = dec_ids
+        if _padded([u.target_ids for u in batch]):
+            kwargs["decoder_attention_mask"] = dec_mask
+    return kwargs, input_ids, mask
+
+
+def _sizes(batch: Sequence[Unit]) -> dict[str, list[tuple[int, int]]]:
+    """Each document's (queries, keys) per kind, without padding."""
+    lengths = [(len(u.input_ids), len(u.target_ids or ())) for u in batch]
+    return {
+        "self": [(n, n) for n, _ in lengths],
+        "encoder": [(n, n) for n, _ in lengths],
+        "decoder": [(m, m) for _, m in lengths],
+        "cross": [(m, n) for n, m in lengths],
+    }
+
+
+#: Tokens of the documents the rebuild check runs on (an eager pass costs T² a head).
+CHECK_TOKENS = 256
+
+
+def _check_batch(batch: Sequence[Unit]) -> list[Unit]:
+    """What the rebuild is checked on: the batch's first document cut to :data:`CHECK_TOKENS`, and
+    again cut to half that length, so that the check sees padding."""
+    import dataclasses
+
+    first = batch[0]
+    out = []
+    for limit in (CHECK_TOKENS, max(1, min(CHECK_TOKENS, len(first.input_ids)) // 2)):
+        targets = first.target_ids[:limit] if first.target_ids is not None else None
+        out.append(dataclasses.replace(first, input_ids=first.input_ids[:limit], target_ids=targets))
+    return out
+
+
 def _implementation(loaded: LoadedModel, name: str):
     from attviz.qk_capture import implementation
 
     return implementation(loaded.model, name)
 
 
-def _forward_qk(loaded, kwargs, kinds, sizes, specials, capture: Capture, arrays: list[dict[str, Any]]) -> Any:
+def _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture: Capture, arrays: list[dict[str, Any]]) -> Any:
     """The model's fast forward pass with queries and keys recorded through the attention interface;
     fills ``arrays`` per document; the first batch is checked against eager weights (QKUnavailable)."""
     from attviz.qk_capture import ATTENTION_NAME, QKUnavailable, assign, check_rebuild, recording, uses_interface
 
     if not uses_interface(loaded.model):
         raise QKUnavailable(f"{type(loaded.model).__name__} never calls transformers' attention interface")
+    if capture.check is None:  # once per job, on a short padded batch
+        check = _check_batch(batch)
+        capture.check = check_rebuild(
+            loaded,
+            _inputs(loaded, check, capture)[0],
+            kinds,
+            _sizes(check),
+            lambda: _implementation(loaded, ATTENTION_NAME),
+            lambda: _implementation(loaded, "eager"),
+        )
     with _implementation(loaded, ATTENTION_NAME), recording() as calls:
         out = loaded.model(**kwargs, return_dict=True)
     per_kind = assign(calls, kinds)
-    if capture.check is None:
-        capture.check = check_rebuild(loaded, kwargs, per_kind, sizes, lambda: _implementation(loaded, "eager"))
     for kind, layer_calls in per_kind.items():
         for b, kept in enumerate(capture.kind_qk(kind, layer_calls, sizes[kind], specials[kind])):
             arrays[b].update(kept)

@@ -55,7 +55,31 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
 
     info["matrix_encoding"] = describe_encoding(attrs) or None
     info["storage_policy"] = attrs.get("storage_policy") or None
+    info["attention_encoding"] = describe_attention(attrs, len(corpus))
     return info
+
+
+def describe_attention(attrs: dict[str, Any], documents: int) -> str | None:
+    """How attention was captured and kept: q/k for how many documents, the measured rebuild error,
+    or why it fell back to matrices; None for stores written before queries and keys existed."""
+    mode = attrs.get("attention_mode")
+    if not mode:
+        return None
+    from attviz.qk import QK_ENCODING
+
+    parts = [f"mode {mode}"]
+    kept = int(attrs.get("qk_documents") or 0)
+    if mode != "matrices":
+        parts.append(f"queries/keys ({QK_ENCODING}) for {kept} of {documents} documents, matrices for the rest")
+    check = attrs.get("qk_check") or {}
+    if check:
+        parts.append(
+            f"rebuild checked against eager attention: max abs error {float(check['error']):.2g} (float32), "
+            f"{float(check['stored_error']):.2g} (as stored)"
+        )
+    if attrs.get("attention_fallback"):
+        parts.append(f"matrices because {attrs['attention_fallback']}")
+    return "; ".join(parts)
 
 
 def _raw_float16_bytes(corpus: Corpus) -> int:
@@ -85,6 +109,8 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"keeps       {info['storage_policy']}")
     if info.get("matrix_encoding"):
         lines.append(f"matrices    {info['matrix_encoding']}")
+    if info.get("attention_encoding"):
+        lines.append(f"kept as     {info['attention_encoding']}")
     return "\n".join(lines)
 
 

@@ -304,19 +304,25 @@ _UNDERSTOOD = {
 def check_rebuild(
     loaded: Any,
     kwargs: dict[str, Any],
-    per_kind: dict[str, list[Call]],
+    kinds: dict[str, int | None],
     sizes: dict[str, Sequence[tuple[int, int]]],
+    qk: Callable[[], Any],
     eager: Callable[[], Any],
 ) -> dict[str, Any]:
-    """Rebuild every document of a batch from its recorded calls and compare with the model's own
-    eager weights (``eager()``: a context in which the model runs eager attention).
+    """Run a batch with the attention function recording (``qk()``: a context in which the model runs
+    attviz's attention) and with eager attention (``eager()``), rebuild every document from the
+    recorded queries and keys and compare with the model's own eager weights.
 
     Returns ``{"error": max abs error of the float32 rebuild, "stored_error": of the rebuild from
     int16 q/k and the row log-sum-exp (what a store gives back), "tolerance", "documents"}``;
     raises :class:`QKUnavailable` when the float32 rebuild is off by more than :data:`TOLERANCE`.
     """
-    with eager():
-        out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
+    with torch.inference_mode():
+        with qk(), recording() as calls:
+            loaded.model(**kwargs, return_dict=True)
+        with eager():
+            out = loaded.model(**kwargs, output_attentions=True, return_dict=True)
+    per_kind = assign(calls, kinds)
     if "self" in per_kind:
         references = {"self": out.attentions}
     else:

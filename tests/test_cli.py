@@ -243,3 +243,31 @@ def test_info_compares_the_size_with_raw_float16_honestly(ratio, line):
         "compression_ratio": ratio,
     }
     assert line in format_summary(info).splitlines()
+
+
+@pytest.mark.parametrize("mode", ["qk", "matrices", "auto"])
+def test_extract_attention_modes_and_info(tmp_path, tiny_model_dir, capsys, mode):
+    """--attention qk keeps every document as queries and keys, matrices none, auto the long ones (head dim 8:
+    q/k are smaller from ~24 tokens); info says so, with the rebuild error measured against eager attention."""
+    source = tmp_path / "in.txt"
+    long_line = " ".join(f"word{i} and more text" for i in range(20))
+    source.write_text(f"Hi.\n{long_line}\n", encoding="utf-8")
+    out = tmp_path / "a.zarr"
+    code, _, err = _run(
+        capsys, "extract", source, "-o", out, "--model", tiny_model_dir, "--device", "cpu", "--attention", mode
+    )
+    assert code == 0, err
+    code, text, _ = _run(capsys, "info", out, "--json")
+    info = json.loads(text)
+    kept = {"qk": 2, "matrices": 0, "auto": 1}[mode]
+    if mode == "matrices":
+        assert info["attention_encoding"] == "mode matrices"
+    else:
+        assert f"queries/keys (qk-int16-vector-scale) for {kept} of 2 documents" in info["attention_encoding"]
+        error = float(info["attention_encoding"].split("max abs error ")[1].split(" ")[0])
+        assert 0 <= error <= 1e-4
+    from attviz.corpus import Corpus
+
+    assert [doc.qk() is not None for doc in Corpus.open(out)].count(True) == kept
+    code, text, _ = _run(capsys, "info", out)
+    assert "kept as     mode " + mode in text

@@ -17,7 +17,8 @@ FAMILIES = {
     "bert": ({"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 32}, "bert"),
     "distilbert": ({"dim": 24, "n_layers": 2, "n_heads": 3, "hidden_dim": 32}, "bert"),
     "roberta": (
-        {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 32, "pad_token_id": 0},
+        {"hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 3, "intermediate_size": 32,
+         "pad_token_id": 0},
         "bert",
     ),
     "modernbert": (
