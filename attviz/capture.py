@@ -323,13 +323,14 @@ class Capture:
                 except QKUnavailable:
                     query = None  # this document keeps matrices
                 if query is not None:
+                    keys_of = _key_heads(head_ids, n_heads // key_heads)
                     lse = torch.stack(
                         [
                             log_sum_exp(
                                 query[i].float() * query_scale[i, ..., None],
-                                key[i].float() * key_scale[i, ..., None],
+                                keys_of(key[i].float() * key_scale[i, ..., None]),
                                 x.rule,
-                                x.bias,
+                                x.bias if x.bias is None or head_ids is None else x.bias[head_ids],
                             )
                             for i, x in enumerate(layers)
                         ]

@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "qk", "matrices"],
         help="keep attention as queries and keys (qk: the model runs its fast SDPA kernel and every weight is "
         "rebuilt exactly, checked against eager attention on the first batch), as eager matrices, or per document "
-        "the smaller of the two (auto, default, or $ATTVIZ_ATTENTION); a model whose attention cannot be rebuilt keeps matrices and says why",
+        "the smaller of the two (auto, default, or $ATTVIZ_ATTENTION); a model whose attention cannot be "
+        "rebuilt keeps matrices and says why",
     )
     keep = p.add_argument_group(
         "storage policy", "what to keep per document (default: every matrix); reductions run on the model's device"

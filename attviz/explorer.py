@@ -27,7 +27,7 @@ import xarray as xr
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
 from attviz.cache import KeyedCache, Ref
-from attviz.corpus import SUMMARY, VECTORS, Corpus, Document
+from attviz.corpus import MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document, token_coords
 from attviz.policy import parse_aggregation
 from attviz.quantize import as_float32
 from attviz.reading import DocumentReader
@@ -147,6 +147,10 @@ class Explorer(SessionActions, DocumentReader):
             notes.append(self._problems[self.doc_id])
         if doc is None:
             return out
+        qk = _long_qk(doc, self.kind)
+        if qk is not None:
+            self._long_outputs(out, qk, (doc_key, self.kind), notes)
+            return out
         attention = self.transformed(doc, self.kind, self.transform)
         att_key = (doc_key, self.kind, self.transform)
         if self.transform != NO_TRANSFORM and self.kind in doc.kinds:
@@ -209,6 +213,43 @@ class Explorer(SessionActions, DocumentReader):
         vec_key = (layer_key, spec)
         head_vectors = self._cache.get("head_vectors", vec_key, lambda: self._head_vectors(layer_matrices, agg))
         self._publish(out, vec_key, head_vectors, "head", reduction)
+
+    def _long_outputs(self, out: dict, qk: Any, att_key: Hashable, notes: list[str]) -> None:
+        """Outputs of a long document kept as queries and keys, never holding a layer's ``T × T``:
+        the selected head's matrix as tiles computed when drawn, token colours from aggregations
+        with a queries-and-keys version (:meth:`Aggregation.apply_qk`: one row, block-wise sums)."""
+        n_layers, n_heads, n_query, n_key = qk.shape
+        layer, reduction = min(self.layer, n_layers - 1), self.head_reduction
+        head = min(self.head, n_heads - 1)
+        size = f"{n_query:,} × {n_key:,} tokens"
+        out["attention"] = (att_key, None)
+        if self.transform != NO_TRANSFORM:
+            notes.append(f"'{self.transform}' needs whole matrices: not applied at {size}")
+        layer_key = (att_key, layer)
+        if reduction == HEAD:
+            matrix_key = (layer_key, head, HEAD)
+            out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: qk.head_array(layer, head)))
+        else:
+            notes.append(f"at {size} the matrix shows one head at a time: choose 'selected head'")
+        if self._wanted("head_summary"):
+            notes.append(f"the head summary needs every head's whole matrix: not computed at {size}")
+        agg = self.vector_aggregation
+        if agg is None:
+            return
+        if self.document_vector() or not agg.supports_qk:
+            usable = ", ".join(sorted(a for a in aggregations.available() if _supports_qk(a)))
+            notes.append(f"'{agg.id}' needs whole matrices: at {size} token colours come from {usable}")
+            return
+        heads = [head] if reduction == HEAD else list(range(n_heads))
+        spec = json.dumps(agg.spec(), sort_keys=True, default=str)
+        vec_key = (layer_key, spec, tuple(heads))
+
+        def compute() -> xr.DataArray:
+            values = agg.apply_qk(qk, layer, heads)
+            coords = {"head": [qk.head_ids[h] for h in heads], **token_coords(qk.key_tokens, "token")}
+            return xr.DataArray(values, dims=("head", "token"), coords=coords, name=agg.id)
+
+        self._publish(out, vec_key, self._cache.get("head_vectors", vec_key, compute), "head", reduction)
 
     def _vector_outputs(self, out: dict, doc: Document, doc_key: Hashable, notes: list[str]) -> None:
         """Outputs of legacy AttViz vectors, or of a store that keeps token vectors only."""
@@ -337,6 +378,29 @@ _UNSET = object()
 ALWAYS = ("document", "attention")
 #: Outputs derived only while a visible view shows them (see :attr:`Explorer.needed`).
 OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix")
+
+
+#: A document kept as queries and keys is "long" when one layer's float32 matrices would exceed this:
+#: the explorer then draws tiles of one head and colours tokens block-wise (MiniLM: from ~3,000 tokens).
+LONG_LAYER_BYTES = 1 << 29
+
+
+def _long_qk(doc: Document, kind: str) -> Any:
+    """The document's :class:`attviz.qk.QKAttention` of ``kind`` when it is long, else None."""
+    if kind not in doc.kinds or kind not in MATRIX_KINDS:
+        return None
+    qk = doc.qk(kind)
+    if qk is None:
+        return None
+    _, n_heads, n_query, n_key = qk.shape
+    return qk if n_heads * n_query * n_key * 4 > LONG_LAYER_BYTES else None
+
+
+def _supports_qk(name: str) -> bool:
+    try:
+        return aggregations.get(name).supports_qk
+    except Exception:
+        return False
 
 
 def _loaded(attention: xr.DataArray, layer: int | None) -> xr.DataArray:

@@ -35,6 +35,7 @@ from attviz.models import (
     softmax_probabilities,
 )
 from attviz.policy import StoragePolicy
+from attviz.qk import matrix_bytes, qk_bytes
 from attviz.sinks import MemorySink, Sink, StoreSink
 from attviz.store import partial_path
 from attviz.tokenization import Unit, add_targets, make_batches, pad_batch, tokenize
@@ -156,13 +157,13 @@ def extract(
         settings["captures"] = [plugin.spec() for plugin in plugins.values()]
     attrs = _corpus_attrs(loaded, settings, predictor)
     attrs["storage_policy"] = policy.describe()
-    estimate = estimate_bytes(loaded, units, policy)
+    estimate = estimate_bytes(loaded, units, policy, attention)
     truncated = sum(u.truncated for u in units)
     if progress:
         note = f"; {truncated} truncated at {max_length} tokens" if truncated else ""
         print(
             f"attviz: {len(units)} documents{note}; keeping {policy.describe()}; estimated size "
-            f"{_human(estimate)} (float16 matrices, before compression)",
+            f"{_human(estimate)} ({_kept_as(attention)}, before compression)",
             file=sys.stderr,
         )
     if store is not None:
@@ -502,23 +503,49 @@ def _shape(loaded: LoadedModel) -> tuple[int, int]:
     return expected_layers(config, "encoder" if loaded.encoder_decoder else "self") or 1, heads
 
 
-def estimate_bytes(loaded: LoadedModel, units: Sequence[Unit], policy: StoragePolicy | None = None) -> int:
-    """Bytes the units will store as ``policy`` says (float16 matrices before compression, float32
+def _kept_as(attention: str) -> str:
+    return {"qk": "queries and keys", "auto": "q/k or float16 matrices, whichever is smaller"}.get(
+        attention, "float16 matrices"
+    )
+
+
+def _qk_shape(config: Any, heads: int) -> tuple[int, int]:
+    """(key heads, head dim) of the model's attention, as the config says (for size estimates)."""
+    key_heads = int(getattr(config, "num_key_value_heads", 0) or heads)
+    hidden = next((getattr(config, a) for a in ("hidden_size", "n_embd", "d_model", "dim") if getattr(config, a, 0)), 0)
+    dim = int(getattr(config, "head_dim", 0) or getattr(config, "d_kv", 0) or (hidden // max(heads, 1)) or 64)
+    return key_heads, dim
+
+
+def estimate_bytes(
+    loaded: LoadedModel, units: Sequence[Unit], policy: StoragePolicy | None = None, attention: str = "matrices"
+) -> int:
+    """Bytes the units will store as ``policy`` says (float16 matrices before compression, or q/k where
+    ``attention`` keeps them: every document under ``qk``, the smaller encoding under ``auto``; float32
     vectors and summaries)."""
     policy = policy or StoragePolicy()
     config = loaded.config
     layers, heads = _shape(loaded)
+    key_heads, dim = _qk_shape(config, heads)
     share = policy.matrix_bytes_share(layers, heads)
     per_token = len(policy.vectors) * 4 + (len(STATISTICS) * 4 if policy.summary else 0)
+
+    def kept(n_layers: int, n: int, m: int) -> float:
+        matrices = share * matrix_bytes(n_layers, heads, n, m)
+        if attention == "matrices":
+            return matrices
+        qk = share * qk_bytes(n_layers, heads, key_heads, dim, n, m)
+        return qk if attention == "qk" else min(qk, matrices)
+
     total = 0.0
     for unit in units:
         n, m = len(unit.input_ids), len(unit.target_ids or ())
         if loaded.encoder_decoder:
             decoder_layers = expected_layers(config, "decoder") or 1
-            total += share * 2 * (layers * heads * n * n + decoder_layers * heads * (m * m + m * n))
+            total += kept(layers, n, n) + kept(decoder_layers, m, m) + kept(decoder_layers, m, n)
             total += per_token * heads * (layers * n + decoder_layers * m)
         else:
-            total += share * 2 * layers * heads * n * n + per_token * layers * heads * n
+            total += kept(layers, n, n) + per_token * layers * heads * n
     return int(total)
 
 

@@ -48,8 +48,8 @@ QK_SUFFIXES = {
 #: 2.3e-3 from float16 q and k).
 QK_ENCODING = "qk-int16-vector-scale"
 INT16_MAX = 32767
-#: Elements of one block of logits computed at once (256 MB of float32).
-BLOCK_ELEMENTS = 1 << 26
+#: Elements of one block of logits computed at once (64 MB of float32).
+BLOCK_ELEMENTS = 1 << 24
 UNLIMITED = -1
 
 
@@ -65,6 +65,26 @@ def band_mask(
     if right >= 0:
         allowed &= j - i <= right
     return allowed
+
+
+def _bounded(part: slice, n: int) -> slice:
+    """``part`` with explicit, non-negative start and stop within ``n`` (step 1)."""
+    start, stop, _ = part.indices(n)
+    return slice(start, max(start, stop))
+
+
+def _mask(scores: np.ndarray, rule: Rule, rows: slice, cols: slice, n: int, m: int) -> None:
+    """Set the block's cells that the rule masks to ``-inf``, touching only the columns where a cut can be."""
+    if rule.right >= 0:  # j - i > right happens from column rows.start + right + 1 on
+        start = max(cols.start, rows.start + rule.right + 1)
+        if start < cols.stop:
+            allowed = band_mask(n, m, UNLIMITED, rule.right, rows, slice(start, cols.stop))
+            np.copyto(scores[:, start - cols.start :], -np.inf, where=~allowed)
+    if rule.left >= 0:  # i - j > left happens up to column rows.stop - 2 - left
+        stop = min(cols.stop, rows.stop - 1 - rule.left)
+        if stop > cols.start:
+            allowed = band_mask(n, m, rule.left, UNLIMITED, rows, slice(cols.start, stop))
+            np.copyto(scores[:, : stop - cols.start], -np.inf, where=~allowed)
 
 
 @dataclass
@@ -163,22 +183,30 @@ class QKAttention:
     def logits(self, layer: int, head: int, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """Masked logits of one head (float32, ``-inf`` where the rule masks), for a block of rows × cols."""
         n_query, n_key = self.shape[2:]
+        rows, cols = _bounded(rows, n_query), _bounded(cols, n_key)
         rule = self.rules[layer]
         q = self._layer("query", layer)[head, rows]
         k = self._layer("key", layer)[self.key_head(head), cols]
         scores = q @ k.T
         scores *= np.float32(rule.scaling)
         if rule.softcap:
-            scores = np.float32(rule.softcap) * np.tanh(scores / np.float32(rule.softcap))
-        row_index = np.arange(n_query)[rows]
-        col_index = np.arange(n_key)[cols]
+            scores /= np.float32(rule.softcap)
+            np.tanh(scores, out=scores)
+            scores *= np.float32(rule.softcap)
         if self.bias is not None:
-            offsets = col_index[None, :] - row_index[:, None] + (n_query - 1)
-            scores += self._layer("bias", layer)[head][offsets]
-        if rule.left >= 0 or rule.right >= 0:
-            allowed = band_mask(n_query, n_key, rule.left, rule.right, rows, cols)
-            scores = np.where(allowed, scores, np.float32(-np.inf))
+            offsets = np.arange(cols.start, cols.stop)[None, :] - np.arange(rows.start, rows.stop)[:, None]
+            scores += self._layer("bias", layer)[head][offsets + (n_query - 1)]
+        _mask(scores, rule, rows, cols, n_query, n_key)
         return scores
+
+    def span(self, layer: int, rows: slice) -> slice:
+        """The keys that any query of ``rows`` may attend under the layer's rule (the rest weigh 0)."""
+        n_query, n_key = self.shape[2:]
+        rows = _bounded(rows, n_query)
+        rule = self.rules[layer]
+        start = max(0, rows.start - rule.left) if rule.left >= 0 else 0
+        stop = min(n_key, rows.stop + rule.right) if rule.right >= 0 else n_key
+        return slice(start, max(start, stop))
 
     def matrix(self, layer: int, head: int) -> np.ndarray:
         """One head's full ``(query, key)`` weights, float32 (a row-wise softmax of its logits)."""
@@ -188,19 +216,32 @@ class QKAttention:
         """Whole rows of one head's weights; ``normalize="lse"`` uses the stored log-sum-exp (one pass),
         ``"softmax"`` normalises each row itself."""
         single = isinstance(rows, int | np.integer)
-        block = slice(int(rows), int(rows) + 1) if single else rows
-        scores = self.logits(layer, head, block)
+        if single:
+            row = int(rows) % self.shape[2]
+            rows = slice(row, row + 1)
+        scores = self.logits(layer, head, rows)
         if normalize == "softmax":
             scores -= scores.max(axis=1, keepdims=True)
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=1, keepdims=True)
         else:
-            scores -= self._layer("lse", layer)[head, block][:, None]
+            scores -= self._layer("lse", layer)[head, _bounded(rows, self.shape[2])][:, None]
             np.exp(scores, out=scores)
         return scores[0] if single else scores
 
     def tile(self, layer: int, head: int, rows: slice, cols: slice) -> np.ndarray:
-        """A block of one head's weights, exact, from the stored row log-sum-exp."""
+        """A block of one head's weights, exact, from the stored row log-sum-exp; keys outside the
+        rows' :meth:`span` are 0 without being computed."""
+        n_query, n_key = self.shape[2:]
+        rows, cols = _bounded(rows, n_query), _bounded(cols, n_key)
+        out = np.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=np.float32)
+        span = self.span(layer, rows)
+        inner = slice(max(cols.start, span.start), min(cols.stop, span.stop))
+        if inner.stop > inner.start:
+            out[:, inner.start - cols.start : inner.stop - cols.start] = self._weights(layer, head, rows, inner)
+        return out
+
+    def _weights(self, layer: int, head: int, rows: slice, cols: slice) -> np.ndarray:
         scores = self.logits(layer, head, rows, cols)
         scores -= self._layer("lse", layer)[head, rows][:, None]
         return np.exp(scores, out=scores)
@@ -210,12 +251,16 @@ class QKAttention:
         return max(1, BLOCK_ELEMENTS // max(1, n_cols or self.shape[3]))
 
     def received(self, layer: int, head: int) -> np.ndarray:
-        """Column sums of one head's weights (attention each key receives), block by block in O(T·d) memory."""
+        """Column sums of one head's weights (attention each key receives), block by block of rows over
+        each block's :meth:`span`, in O(block) memory."""
         n_query, n_key = self.shape[2:]
         total = np.zeros(n_key, dtype=np.float64)
         step = self.row_blocks()
         for start in range(0, n_query, step):
-            total += self.rows(layer, head, slice(start, start + step)).sum(axis=0)
+            rows = slice(start, min(n_query, start + step))
+            span = self.span(layer, rows)
+            if span.stop > span.start:
+                total[span] += self._weights(layer, head, rows, span).sum(axis=0)
         return total.astype(np.float32)
 
     def layer(self, layer: int) -> np.ndarray:
@@ -246,9 +291,43 @@ class QKAttention:
             values, self.query_tokens, self.key_tokens, layers=self.layers, heads=self.heads, name=self.name
         )
 
+    def head_array(self, layer: int, head: int, tile: tuple[int, int] = (1024, 4096)) -> xr.DataArray:
+        """One head's ``(query, key)`` DataArray (layer and head are stored positions) whose dask blocks
+        are :meth:`tile` s: a view computes only the blocks it draws, never the whole ``T × T``."""
+        import dask
+        import dask.array as da
+
+        n_query, n_key = self.shape[2:]
+        block = dask.delayed(self.tile, pure=True)
+        rows = []
+        for r in range(0, n_query, tile[0]):
+            rs = slice(r, min(n_query, r + tile[0]))
+            cells = []
+            for c in range(0, n_key, tile[1]):
+                cs = slice(c, min(n_key, c + tile[1]))
+                shape = (rs.stop - rs.start, cs.stop - cs.start)
+                cells.append(da.from_delayed(block(layer, head, rs, cs), shape=shape, dtype=np.float32))
+            rows.append(cells)
+        array = attention_array(
+            da.block(rows)[None, None],
+            self.query_tokens,
+            self.key_tokens,
+            layers=[self.layer_ids[layer]],
+            heads=[self.head_ids[head]],
+            name=self.name,
+        )
+        return array.isel(layer=0, head=0)
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return [int(v) for v in self.layers] if self.layers is not None else list(range(self.shape[0]))
+
+    @property
+    def head_ids(self) -> list[int]:
+        return [int(v) for v in self.heads] if self.heads is not None else list(range(self.shape[1]))
+
     def _position(self, layer: int, head: int) -> tuple[int, int]:
-        layers = list(self.layers) if self.layers is not None else list(range(self.shape[0]))
-        heads = list(self.heads) if self.heads is not None else list(range(self.shape[1]))
+        layers, heads = self.layer_ids, self.head_ids
         if layer not in layers or head not in heads:
             raise KeyError(f"layer {layer}, head {head} is not stored (layers {layers}, heads {heads})")
         return layers.index(layer), heads.index(head)

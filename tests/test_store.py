@@ -305,7 +305,15 @@ def test_extract_to_a_uint8_store(tiny_bert, tmp_path):
     from tests.conftest import TEXTS
 
     model, tok = tiny_bert
-    kw = {"model": model, "tokenizer": tok, "batch_size": 2, "progress": False, "device": "cpu"}
+    # uint8 quantises matrices: kept as matrices whatever $ATTVIZ_ATTENTION says
+    kw = {
+        "model": model,
+        "tokenizer": tok,
+        "batch_size": 2,
+        "progress": False,
+        "device": "cpu",
+        "attention": "matrices",
+    }
     exact = extract(TEXTS, store=tmp_path / "f.zarr", **kw)
     quantised = extract(TEXTS, store=tmp_path / "q.zarr", compression="uint8", **kw)
     assert quantised.attrs["matrix_encoding"] == "uint8-row-scale" and 0 < quantised.attrs["max_abs_error"] <= 1 / 510

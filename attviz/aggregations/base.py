@@ -131,6 +131,19 @@ class Aggregation(param.Parameterized):
         """
         raise NotImplementedError(f"aggregation {self.id!r} has no torch version (apply_torch)")
 
+    def apply_qk(self, qk: Any, layer: int, heads: Sequence[int]) -> np.ndarray:
+        """Optional: the token vector ``(head, token)`` of ``heads`` (positions) of one stored ``layer``
+        (position), computed from a document kept as queries and keys (:class:`attviz.qk.QKAttention`)
+        without its whole ``T × T`` matrices: one row, or block by block. The explorer uses it for long
+        documents, where a layer's matrices do not fit in memory (see :attr:`supports_qk`)."""
+        raise NotImplementedError(f"aggregation {self.id!r} has no queries-and-keys version (apply_qk)")
+
+    @property
+    def supports_qk(self) -> bool:
+        """True when the class overrides :meth:`apply_qk` (as for :attr:`supports_torch`)."""
+        qk_owner, apply_owner = _owner(type(self), "apply_qk"), _owner(type(self), "apply")
+        return qk_owner is not Aggregation and issubclass(qk_owner, apply_owner)
+
     @property
     def supports_torch(self) -> bool:
         """True when the class overrides :meth:`apply_torch` (no less derived than its :meth:`apply`,

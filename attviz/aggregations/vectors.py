@@ -6,7 +6,8 @@ the token coords (``token_text``, ``token_start`` ...), so views treat every vec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import param
@@ -49,6 +50,10 @@ class AttentionReceived(Aggregation):
     def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
         return attention_tensor(values).mean(dim=2)
 
+    def apply_qk(self, qk: Any, layer: int, heads: Sequence[int]) -> np.ndarray:
+        """Column means accumulated block by block of query rows (O(T·d) memory)."""
+        return np.stack([qk.received(layer, h) for h in heads]) / np.float32(qk.shape[2])
+
 
 class AttentionFrom(Aggregation):
     """The attention row of one query token, e.g. ``[CLS]`` (0) or the last token (-1).
@@ -85,6 +90,11 @@ class AttentionFrom(Aggregation):
 
         values = check_attention(values)
         return values[:, :, self._check_query(values.shape[2])].to(torch.float32, copy=True)
+
+    def apply_qk(self, qk: Any, layer: int, heads: Sequence[int]) -> np.ndarray:
+        """One row a head: O(T·d)."""
+        query = self._check_query(qk.shape[2])
+        return np.stack([qk.rows(layer, h, query) for h in heads])
 
     def _check_query(self, n: int) -> int:
         if not -n <= self.query < n:

@@ -15,6 +15,7 @@ pooled again for the visible window when the user zooms. The HoloViews helpers b
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -242,11 +243,20 @@ def value_range(values: np.ndarray, log_scale: bool = False) -> tuple[float, flo
     return low, high if high > low else low + 1.0
 
 
+def pool_factors(n_rows: int, n_cols: int, rows: int, cols: int) -> tuple[int, int]:
+    """Cells per pixel along each axis so that ``n_rows × n_cols`` fits ``rows × cols``."""
+    return max(1, -(-n_rows // max(rows, 1))), max(1, -(-n_cols // max(cols, 1)))
+
+
 def max_pool(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """``values`` reduced to at most ``rows`` × ``cols`` by the max of equal blocks of cells (NaN ignored
     unless a block holds only NaN); never enlarged."""
+    return max_pool_by(values, *pool_factors(*values.shape, rows, cols))
+
+
+def max_pool_by(values: np.ndarray, fr: int, fc: int) -> np.ndarray:
+    """The max of each ``fr × fc`` block of cells (the last blocks padded with NaN)."""
     n_rows, n_cols = values.shape
-    fr, fc = max(1, -(-n_rows // max(rows, 1))), max(1, -(-n_cols // max(cols, 1)))
     if fr == 1 and fc == 1:
         return values
     pr, pc = -n_rows % fr, -n_cols % fc
@@ -256,6 +266,29 @@ def max_pool(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
         if np.isnan(blocks).any():
             return np.fmax.reduce(np.fmax.reduce(blocks, axis=3), axis=1).astype(np.float32)
         return blocks.max(axis=(1, 3))
+
+
+def lazy_max_pool(lazy: Any, r0: int, r1: int, c0: int, c1: int, rows: int, cols: int) -> np.ndarray:
+    """:func:`max_pool` of ``lazy[r0:r1, c0:c1]`` (a dask array) computed one block of rows at a time, so
+    that a matrix that does not fit in memory (a long document kept as queries and keys) is drawn at the
+    screen's resolution while holding one row of tiles."""
+    fr, fc = pool_factors(r1 - r0, c1 - c0, rows, cols)
+    bounds = np.cumsum((0, *lazy.chunks[0]))
+    parts, carry = [], None
+    for a, b in itertools.pairwise(bounds):
+        a, b = max(a, r0), min(b, r1)
+        if a >= b:
+            continue
+        block = np.asarray(lazy[a:b, c0:c1].compute(), dtype=np.float32)
+        if carry is not None:
+            block = np.concatenate([carry, block])
+        full = len(block) // fr * fr
+        if full:
+            parts.append(max_pool_by(block[:full], fr, fc))
+        carry = block[full:] if full < len(block) else None
+    if carry is not None:
+        parts.append(max_pool_by(carry, fr, fc))
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
 def _reported(model: Any, name: str) -> Any:
@@ -299,6 +332,8 @@ class MatrixView(View):
         self._labels = AxisLabels.of(None)
         self._query_positions = np.zeros(0, dtype=np.int64)
         self._values = np.zeros((0, 0), dtype=np.float32)
+        self._lazy: Any = None  # a dask matrix too large to hold: drawn block by block (lazy_max_pool)
+        self._lazy_range: tuple[float, float] = (0.0, 1.0)
         self._tokens_key: Any = None
         self._window: tuple[float, float, float, float] | None = None  # zoomed-in (x0, x1, y0, y1)
         self._tap = TapEvents()
@@ -322,11 +357,14 @@ class MatrixView(View):
         height = _reported(self._figure, "inner_height") or max(self.height - _CHROME, 50)
         return int(height), int(width)
 
+    def _shape(self) -> tuple[int, int]:
+        return tuple(self._lazy.shape) if self._lazy is not None else self._values.shape
+
     def _raster(self) -> dict[str, Any]:
         """The image columns: the matrix as is, or max-pooled to the pixels (of the zoomed window)."""
         values = self._values
-        n_rows, n_cols = values.shape
-        if not values.size:
+        n_rows, n_cols = self._shape()
+        if not n_rows * n_cols:
             return {"image": [np.zeros((1, 1), np.float32)], "x": [-0.5], "y": [-0.5], "dw": [1.0], "dh": [1.0]}
         if max(n_rows, n_cols) <= self.rasterize_above:
             return {"image": [values], "x": [-0.5], "y": [-0.5], "dw": [float(n_cols)], "dh": [float(n_rows)]}
@@ -338,7 +376,10 @@ class MatrixView(View):
             if c1 <= c0 or r1 <= r0:
                 r0, r1, c0, c1 = 0, n_rows, 0, n_cols
         rows, cols = self._pixels()
-        image = max_pool(values[r0:r1, c0:c1], rows, cols)
+        if self._lazy is not None:
+            image = lazy_max_pool(self._lazy, r0, r1, c0, c1, rows, cols)
+        else:
+            image = max_pool(values[r0:r1, c0:c1], rows, cols)
         return {"image": [image], "x": [c0 - 0.5], "y": [r0 - 0.5], "dw": [float(c1 - c0)], "dh": [float(r1 - r0)]}
 
     # -- the figure ----------------------------------------------------------------------------------
@@ -392,7 +433,12 @@ class MatrixView(View):
     def _show(self) -> None:
         """Show ``data``: the image and colour range always, tokens, axes and zoom when the tokens changed."""
         data = self._shown()
-        self._values = matrix_values(data) if data is not None else np.zeros((0, 0), dtype=np.float32)
+        large = data is not None and data.chunks is not None and max(data.shape) > self.rasterize_above
+        self._lazy = data.data if large else None
+        if large:
+            self._values = np.zeros((0, 0), dtype=np.float32)
+        else:
+            self._values = matrix_values(data) if data is not None else np.zeros((0, 0), dtype=np.float32)
         fig = self._figure
         key = (
             (tuple(token_positions(data, "query").tolist()), tuple(token_positions(data, "key").tolist()))
@@ -404,7 +450,7 @@ class MatrixView(View):
             self._tokens_key, self._labels = key, labels
             self._query_positions = token_positions(data, "query") if data is not None else np.zeros(0, np.int64)
             self._window = None
-            n_rows, n_cols = self._values.shape
+            n_rows, n_cols = self._shape()
             fig.x_range.update(start=-0.5, end=max(n_cols, 1) - 0.5)
             fig.y_range.update(start=max(n_rows, 1) - 0.5, end=-0.5)
             for key_, hover in (("$x", labels.key_hover), ("$y", labels.query_hover)):
@@ -413,18 +459,24 @@ class MatrixView(View):
         set_token_axis(fig.xaxis[0], self._labels.key, self.max_labels, rotate=True)
         set_token_axis(fig.yaxis[0], self._labels.query, self.max_labels)
         self._recolour()
-        self._draw()
+        self._draw()  # a lazy matrix's colour range is that of the pooled image drawn
         self._set_title()
         self._set_box()
 
     def _recolour(self) -> None:
-        low, high = value_range(self._values, self.log_scale) if self._values.size else (0.0, 1.0)
+        if self._lazy is not None:
+            low, high = self._lazy_range
+        else:
+            low, high = value_range(self._values, self.log_scale) if self._values.size else (0.0, 1.0)
         mapper = self._color_mapper
         if (mapper.low, mapper.high) != (low, high):
             mapper.update(low=low, high=high)
 
     def _draw(self) -> None:
         columns = self._raster()
+        if self._lazy is not None:
+            self._lazy_range = value_range(columns["image"][0], self.log_scale)
+            self._recolour()
         current = self._source.data
         changed = {k: v for k, v in columns.items() if k == "image" or list(current.get(k, [])) != v}
         if set(current) != set(columns) or not current.get("image"):
@@ -433,7 +485,7 @@ class MatrixView(View):
             current.update(changed)
 
     def _on_zoom(self, event: RangesUpdate) -> None:
-        n_rows, n_cols = self._values.shape
+        n_rows, n_cols = self._shape()
         if max(n_rows, n_cols) <= self.rasterize_above or None in (event.x0, event.x1, event.y0, event.y1):
             return
         x0, x1 = sorted((event.x0, event.x1))
@@ -445,7 +497,7 @@ class MatrixView(View):
             update_bokeh(self._plot_pane, self._draw)
 
     def _on_size(self, attr: str, old: Any, new: Any) -> None:
-        if max(self._values.shape, default=0) > self.rasterize_above:
+        if max(self._shape(), default=0) > self.rasterize_above:
             update_bokeh(self._plot_pane, self._draw)
 
     def _set_title(self) -> None:
