@@ -226,11 +226,10 @@ class Explorer(SessionActions, DocumentReader):
         if self.transform != NO_TRANSFORM:
             notes.append(f"'{self.transform}' needs whole matrices: not applied at {size}")
         layer_key = (att_key, layer)
-        if reduction == HEAD:
-            matrix_key = (layer_key, head, HEAD)
-            out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: qk.head_array(layer, head)))
-        else:
-            notes.append(f"at {size} the matrix shows one head at a time: choose 'selected head'")
+        matrix_key = (layer_key, head, HEAD)
+        out["matrix"] = (matrix_key, self._cache.get("matrix", matrix_key, lambda: qk.head_array(layer, head)))
+        if reduction != HEAD:
+            notes.append(f"at {size} the views show the selected head ('{reduction}' needs every head's matrix)")
         if self._wanted("head_summary"):
             notes.append(f"the head summary needs every head's whole matrix: not computed at {size}")
         agg = self.vector_aggregation
@@ -240,7 +239,7 @@ class Explorer(SessionActions, DocumentReader):
             usable = ", ".join(sorted(a for a in aggregations.available() if _supports_qk(a)))
             notes.append(f"'{agg.id}' needs whole matrices: at {size} token colours come from {usable}")
             return
-        heads = [head] if reduction == HEAD else list(range(n_heads))
+        heads = [head]
         spec = json.dumps(agg.spec(), sort_keys=True, default=str)
         vec_key = (layer_key, spec, tuple(heads))
 
@@ -249,7 +248,7 @@ class Explorer(SessionActions, DocumentReader):
             coords = {"head": [qk.head_ids[h] for h in heads], **token_coords(qk.key_tokens, "token")}
             return xr.DataArray(values, dims=("head", "token"), coords=coords, name=agg.id)
 
-        self._publish(out, vec_key, self._cache.get("head_vectors", vec_key, compute), "head", reduction)
+        self._publish(out, vec_key, self._cache.get("head_vectors", vec_key, compute), "head", HEAD)
 
     def _vector_outputs(self, out: dict, doc: Document, doc_key: Hashable, notes: list[str]) -> None:
         """Outputs of legacy AttViz vectors, or of a store that keeps token vectors only."""
