@@ -5,6 +5,7 @@ from attviz.errors import AttentionUnavailableError, AttvizError, InputError, St
 from attviz.extract import extract  # binds the function over the submodule attribute
 from attviz.notebook import extension
 from attviz.policy import StoragePolicy
+from attviz.qk import QKAttention
 from attviz.readers import read
 from attviz.readers.tensors import from_tensors
 
@@ -37,6 +38,7 @@ __all__ = [
     "Corpus",
     "Document",
     "InputError",
+    "QKAttention",
     "StoragePolicy",
     "StoreError",
     "__version__",

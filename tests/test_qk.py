@@ -367,3 +367,19 @@ def test_the_matrix_view_draws_a_lazy_matrix_block_by_block(long_doc_corpus):
     image = view._source.data["image"][0]
     assert view._lazy is not None and view._values.size == 0  # never held whole
     assert image.shape[0] <= view._pixels()[0] and image.max() == pytest.approx(full.max())
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_runs_as_written():
+    """The README's queries-and-keys recipe, executed as written (the bundled MiniLM, offline)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- qk-recipe -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(block, "README.md (qk recipe)", "exec"), scope)
+    doc = scope["doc"]
+    assert doc.qk() is not None and doc.n_tokens > 400
+    full = doc.attention.sel(layer=5, head=3).values
+    np.testing.assert_allclose(doc.qk().tile(5, 3, slice(0, 64), slice(0, 64)), full[:64, :64], atol=1e-5)
+    np.testing.assert_allclose(doc.qk().received(5, 3), full.sum(0), atol=1e-3)
