@@ -52,6 +52,11 @@ def _output(cls: type, doc: str) -> param.ClassSelector:
     return param.ClassSelector(class_=cls, default=None, allow_None=True, precedence=-1, doc=doc)
 
 
+#: A document kept as queries and keys is "long" when one layer's float32 matrices would exceed this:
+#: the explorer then draws tiles of one head and colours tokens block-wise (MiniLM: from ~3,000 tokens).
+LONG_LAYER_BYTES = 1 << 29
+
+
 class Explorer(SessionActions, DocumentReader):
     """The state of an attviz exploration session and what its views show.
 
@@ -81,6 +86,14 @@ class Explorer(SessionActions, DocumentReader):
         precedence=-1,
         doc="Outputs the visible views show (a set of names; None: all). The table, the layer's matrices, the head "
         "summary and the comparison are published only while named here; the matrix and token colours always.",
+    )
+
+    layer_memory = param.Integer(
+        default=LONG_LAYER_BYTES,
+        bounds=(0, None),
+        precedence=-1,
+        doc="Bytes one layer's float32 matrices may take in memory. A document kept as queries and keys above it "
+        "is explored a head at a time: matrix tiles drawn at the screen's resolution, token colours block by block.",
     )
 
     def __init__(self, corpus: Corpus | Mapping[str, Corpus] | str | os.PathLike | None = None, **params: Any):
@@ -147,7 +160,7 @@ class Explorer(SessionActions, DocumentReader):
             notes.append(self._problems[self.doc_id])
         if doc is None:
             return out
-        qk = _long_qk(doc, self.kind)
+        qk = _long_qk(doc, self.kind, self.layer_memory)
         if qk is not None:
             self._long_outputs(out, qk, (doc_key, self.kind), notes)
             return out
@@ -379,20 +392,16 @@ ALWAYS = ("document", "attention")
 OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix")
 
 
-#: A document kept as queries and keys is "long" when one layer's float32 matrices would exceed this:
-#: the explorer then draws tiles of one head and colours tokens block-wise (MiniLM: from ~3,000 tokens).
-LONG_LAYER_BYTES = 1 << 29
-
-
-def _long_qk(doc: Document, kind: str) -> Any:
-    """The document's :class:`attviz.qk.QKAttention` of ``kind`` when it is long, else None."""
+def _long_qk(doc: Document, kind: str, layer_memory: int) -> Any:
+    """The document's :class:`attviz.qk.QKAttention` of ``kind`` when one layer's float32 matrices exceed
+    ``layer_memory`` bytes, else None."""
     if kind not in doc.kinds or kind not in MATRIX_KINDS:
         return None
     qk = doc.qk(kind)
     if qk is None:
         return None
     _, n_heads, n_query, n_key = qk.shape
-    return qk if n_heads * n_query * n_key * 4 > LONG_LAYER_BYTES else None
+    return qk if n_heads * n_query * n_key * 4 > layer_memory else None
 
 
 def _supports_qk(name: str) -> bool:

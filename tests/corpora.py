@@ -4,7 +4,7 @@ Each is extracted by a tiny random model (tests/conftest.py) or read from a real
 arrays, coords and attrs are exactly what attviz writes: an encoder (BERT, with labels and
 zero-shot-free class probabilities from a classification head), a decoder (byte-level GPT-2), an
 encoder-decoder (T5: encoder, decoder and cross attention), the original AttViz JSON (legacy
-vectors), and a store that keeps token vectors and head statistics only.
+vectors), a store that keeps token vectors and head statistics only, and one kept as queries and keys.
 """
 
 from __future__ import annotations
@@ -37,6 +37,18 @@ def encoder_decoder_corpus(model, tokenizer) -> Corpus:
 
     targets = ["Le chat.", "Les marchés montent.", "Bonjour le monde."]
     return extract(TEXTS, model=model, tokenizer=tokenizer, targets=targets, progress=False)
+
+
+def qk_corpus(model, tokenizer) -> Corpus:
+    """Every document kept as queries and keys (the same GPT-2 texts as :func:`decoder_corpus`, plus a
+    longer one: with ``Explorer(layer_memory=LONG)`` it is explored a head and a tile at a time)."""
+    from attviz.extract import extract
+
+    return extract([*TEXTS, " ".join(TEXTS * 3)], model=model, tokenizer=tokenizer, attention="qk", progress=False)
+
+
+#: ``Explorer(layer_memory=...)`` under which the longest :func:`qk_corpus` document counts as long.
+LONG = 1 << 14
 
 
 def vectors_only_corpus(model, tokenizer) -> Corpus:

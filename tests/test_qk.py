@@ -313,11 +313,8 @@ def test_an_old_matrix_store_still_opens(tiny_bert, tmp_path):
 
 # -- long documents in the explorer ------------------------------------------------------------------
 @pytest.fixture
-def long_doc_corpus(tiny_gpt2, monkeypatch, tmp_path):
-    """A causal store kept as q/k whose documents count as long (the threshold lowered to 64 KB)."""
-    import attviz.explorer as explorer
-
-    monkeypatch.setattr(explorer, "LONG_LAYER_BYTES", 1 << 16)
+def long_doc_corpus(tiny_gpt2, tmp_path):
+    """A causal store kept as q/k; its first document counts as long under ``layer_memory=1 << 16``."""
     model, tokenizer = tiny_gpt2
     text = " ".join(TEXTS * 2)
     store = tmp_path / "l.zarr"
@@ -331,7 +328,7 @@ def test_a_long_document_is_explored_from_tiles_and_block_wise_vectors(long_doc_
 
     doc = long_doc_corpus[0]
     full = doc.attention.values  # the reference: every matrix, rebuilt at once
-    ex = Explorer(long_doc_corpus)
+    ex = Explorer(long_doc_corpus, layer_memory=1 << 16)
     ex.param.update(layer=1, head=2, head_reduction="head")
     assert ex.matrix.chunks is not None  # tiles, computed when drawn
     np.testing.assert_allclose(ex.matrix.values, full[1, 2], atol=1e-6)

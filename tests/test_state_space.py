@@ -46,6 +46,7 @@ def kinds(tiny_bert_classifier, tiny_gpt2, tiny_t5, tiny_bert, tmp_path_factory)
         "encoder-decoder": corpora.encoder_decoder_corpus(*tiny_t5),
         "legacy": corpora.legacy_corpus(),
         "vectors-only": corpora.vectors_only_corpus(*tiny_bert),
+        "q/k": corpora.qk_corpus(*tiny_gpt2),
         "uploaded store": ("store.zip", corpora.zipped_store(encoder, folder)),
         "uploaded legacy": ("public-example1.json", corpora.legacy_bytes()),
         "live": LiveModel("tiny", loader=lambda: prepare_model(model, tokenizer, device="cpu")),
@@ -61,15 +62,22 @@ def session(kinds: dict[str, Any], which: str) -> Explorer:
     elif which == "live":
         explorer = Explorer(first, live_model=kinds["live"])
         explorer.run_live("The live cat sat.")
+    elif which == "long q/k":  # its longest document is explored a head and a tile at a time
+        explorer = Explorer({"q/k": kinds["q/k"]}, layer_memory=corpora.LONG)
+        explorer.doc_id = explorer.corpora["q/k"].ids[-1]
     elif which == "all":
-        explorer = Explorer({k: kinds[k] for k in ("encoder", "decoder", "encoder-decoder", "legacy", "vectors-only")})
+        names = ("encoder", "decoder", "encoder-decoder", "legacy", "vectors-only", "q/k")
+        explorer = Explorer({k: kinds[k] for k in names})
         explorer.add_file(*kinds["uploaded legacy"])
     else:
         explorer = Explorer({which: kinds[which]})
     return explorer
 
 
-KINDS = ["encoder", "decoder", "encoder-decoder", "legacy", "vectors-only", "uploaded store", "uploaded legacy", "live"]
+KINDS = [
+    "encoder", "decoder", "encoder-decoder", "legacy", "vectors-only", "q/k", "long q/k", "uploaded store",
+    "uploaded legacy", "live",
+]  # fmt: skip
 
 
 def menu(explorer: Explorer, name: str) -> list[Any]:

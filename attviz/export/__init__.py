@@ -5,8 +5,11 @@
 >>> html = export_html("corpus.zarr", "page.html", doc_ids=["world-01", "sports-02"])  # doctest: +SKIP
 
 The page inlines Bokeh's JavaScript and carries each document's attention quantised to uint8 per row
-(see :mod:`attviz.export.payload` for the format and the error bound); the browser decodes one layer
-at a time and computes heads, the mean and the maximum over heads itself.
+(see :mod:`attviz.export.payload` for the format and the error bound), or, for a document kept as
+queries and keys where that is smaller, its float16 queries and keys (:mod:`attviz.export.qkpayload`):
+the browser then computes the selected row, the token colours and the matrix image (max-pooled to at
+most 2,048 pixels a side) itself, never a whole ``T × T`` matrix. The browser decodes one layer at a
+time and computes heads, the mean and the maximum over heads itself.
 """
 
 from __future__ import annotations
@@ -19,11 +22,22 @@ from attviz.atomic import write_text
 from attviz.corpus import Corpus, Document
 from attviz.errors import InputError
 from attviz.export.page import render_page
-from attviz.export.payload import ENCODINGS, decode_layer, document_payload
+from attviz.export.payload import ENCODINGS, PAYLOADS, decode_layer, document_payload
+from attviz.export.qkpayload import QK_MAX_TOKENS, decode_qk_layer
 from attviz.quantize import QUANTIZATIONS, quantize_rows
 
 VIEWS = ("text", "matrix", "predictions")
-__all__ = ["QUANTIZATIONS", "VIEWS", "decode_layer", "export_html", "quantize_rows", "write_atomic"]
+__all__ = [
+    "PAYLOADS",
+    "QK_MAX_TOKENS",
+    "QUANTIZATIONS",
+    "VIEWS",
+    "decode_layer",
+    "decode_qk_layer",
+    "export_html",
+    "quantize_rows",
+    "write_atomic",
+]
 
 
 def export_html(
@@ -42,6 +56,7 @@ def export_html(
     max_documents: int = 200,
     compress: bool = True,
     quantization: str = "row",
+    payload: str = "auto",
 ) -> str:
     """Write one self-contained HTML page (inline JS/CSS, no network) and return its text.
 
@@ -60,12 +75,20 @@ def export_html(
     quantization: ``"row"`` (uint8 with a scale per row: every row keeps 256 levels, error ≤ row max / 510)
         or ``"matrix"`` (one scale per head's matrix: error ≤ matrix max / 510, the same bound for
         attention; ~2.2× less attention data at 512 tokens, but rows far below their matrix's maximum keep few levels).
+    payload: for documents kept as queries and keys (``attention="qk"``): ``"auto"`` exports their float16
+        queries and keys where that is smaller than the uint8 matrices (from a few hundred tokens on) or where
+        the matrices would be cut to ``max_tokens``, and the browser computes the weights it shows; such a
+        document is exported whole up to 8,192 tokens. ``"qk"``: always so; ``"matrix"``: never. The page
+        states the measured largest error of a weight it computes (see :mod:`attviz.export.qkpayload`);
+        the manifest holds it as ``qk_error`` (``matrix_error`` for the uint8 bound).
     """
     views = tuple(views)
     if unknown := [v for v in views if v not in VIEWS]:
         raise InputError(f"unknown view(s) {', '.join(map(repr, unknown))}", expected=f"some of {', '.join(VIEWS)}")
     if max_tokens < 1:
         raise InputError(f"max_tokens must be positive, not {max_tokens}")
+    if payload not in PAYLOADS:
+        raise InputError(f"unknown payload {payload!r}", field="payload", expected=" or ".join(PAYLOADS))
     if quantization not in QUANTIZATIONS:
         expected = " or ".join(QUANTIZATIONS)
         raise InputError(f"unknown quantisation {quantization!r}", field="quantization", expected=expected)
@@ -75,7 +98,8 @@ def export_html(
         raise InputError("the corpus holds no documents to export")
     encoding = ENCODINGS[0] if compress else ENCODINGS[1]
     with_attention = "text" in views or "matrix" in views
-    entries, blobs, max_error, size = [], {}, 0.0, 0
+    entries, blobs, size = [], {}, 0
+    errors: dict[str, float] = {}
     for index, doc in enumerate(documents):
         if size > max_page_bytes:
             notes.append(
@@ -83,7 +107,7 @@ def export_html(
                 f"at most {max_page_bytes / 2**20:.0f} MiB of attention (max_page_bytes)."
             )
             break
-        payload = document_payload(
+        part = document_payload(
             doc,
             index,
             max_tokens=max_tokens,
@@ -94,17 +118,30 @@ def export_html(
             encoding=encoding,
             attention=with_attention,
             quantization=quantization,
+            payload=payload,
         )
-        entries.append(payload.entry)
-        blobs.update(payload.blobs)
-        size += sum(map(len, payload.blobs.values()))
-        max_error = max(max_error, payload.max_error)
-    if blobs:
+        entries.append(part.entry)
+        blobs.update(part.blobs)
+        size += sum(map(len, part.blobs.values()))
+        if part.blobs:
+            errors[part.kind] = max(errors.get(part.kind, 0.0), part.max_error)
+    max_error = max(errors.values(), default=0.0)
+    if "matrix" in errors:
+        matrix_error = errors["matrix"]
         scale = "the row's maximum / 255" if quantization == "row" else "one per head's matrix: its maximum / 255"
         notes.append(
             f"Attention is stored as 8-bit integers with a float32 scale ({scale}): every value shown is within "
-            f"half a step of the model's, at most {max_error:.3g} here (≤ 1/510 ≈ 0.00196 whenever weights are "
+            f"half a step of the model's, at most {matrix_error:.3g} here (≤ 1/510 ≈ 0.00196 whenever weights are "
             "≤ 1); means and maxima over heads keep that bound."
+        )
+    if "qk" in errors:
+        stated = [e["qk"]["store_error"] for e in entries if e.get("payload") == "qk" and e["qk"]["store_error"]]
+        store = f" (the stored queries and keys rebuild the model's weights within {max(stated):.2g})" if stated else ""
+        notes.append(
+            f"{_count(sum(e.get('payload') == 'qk' for e in entries), 'document')} carry queries and keys instead "
+            "of matrices (float16, keys centred; the page computes every weight it shows from them): every "
+            f"weight is within {errors['qk']:.3g} of the stored queries' and keys' weights{store}, measured over "
+            "all of them; means and maxima over heads keep that bound."
         )
     from attviz import __version__
 
@@ -118,6 +155,8 @@ def export_html(
         "encoding": encoding,
         "quantization": quantization,
         "max_error": max_error,
+        "matrix_error": errors.get("matrix"),
+        "qk_error": errors.get("qk"),
         "docs": entries,
     }
     page = render_page(title=title, manifest=manifest, blobs=blobs, views=views, notes=notes)

@@ -26,9 +26,19 @@ import pandas as pd
 import xarray as xr
 
 from attviz.corpus import Document, tokens_of
+from attviz.export.qkpayload import (
+    QK_MAX_TOKENS,
+    build_layer,
+    encode_qk_layer,
+    matrix_layer_estimate,
+    qk_layer_bytes,
+)
+from attviz.qk import QKAttention
 from attviz.quantize import error_bound, quantize_rows
 
 ENCODINGS = ("deflate", "raw")
+#: What a document kept as queries and keys is exported as (see :func:`document_payload`).
+PAYLOADS = ("auto", "qk", "matrix")
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -130,6 +140,9 @@ class DocumentPayload:
     entry: dict[str, Any]
     blobs: dict[str, str]
     max_error: float
+    #: ``"matrix"`` (uint8 rows, ``max_error`` the quantisation bound) or ``"qk"`` (float16 queries and
+    #: keys, ``max_error`` the measured largest error of a weight the page computes).
+    kind: str = "matrix"
 
 
 def document_payload(
@@ -144,9 +157,23 @@ def document_payload(
     encoding: str,
     attention: bool = True,
     quantization: str = "row",
+    payload: str = "auto",
 ) -> DocumentPayload:
-    """Quantise and encode one document (windowed, layers picked to fit ``max_bytes``)."""
+    """Quantise and encode one document (windowed, layers picked to fit ``max_bytes``).
+
+    ``payload``: ``"auto"`` carries a document kept as queries and keys as q/k where that is smaller
+    than its uint8 matrices (or where the matrices would need a window), ``"qk"`` whenever it is kept
+    so, ``"matrix"`` never (see :mod:`attviz.export.qkpayload`)."""
     notes: list[str] = []
+    if payload not in PAYLOADS:
+        raise ValueError(f"unknown payload {payload!r} (expected one of {PAYLOADS})")
+    kept = doc.qk() if attention and payload != "matrix" and doc.has_matrices else None
+    if kept is not None and kept.shape[2] == kept.shape[3]:
+        built = _qk_payload(doc, kept, index, window=window, layers=layers, heads=heads, max_bytes=max_bytes,
+                            encoding=encoding, quantization=quantization, force=payload == "qk",
+                            max_tokens=max_tokens)  # fmt: skip
+        if built is not None:
+            return built
     array: xr.DataArray | None = None
     if attention and doc.has_matrices:
         array = doc.attention
@@ -157,13 +184,7 @@ def document_payload(
         tokens = doc.token_table("source") if doc.arrays else pd.DataFrame(columns=["text", "start", "end", "special"])
     n = len(tokens)
     start, stop = pick_window(n, max_tokens, window)
-    if (start, stop) != (0, n):
-        notes.append(
-            f"Tokens {start + 1:,}–{stop:,} of {n:,} are exported (at most {max_tokens:,} tokens a document; "
-            "choose another window with window=(start, stop)). Attention to tokens outside the window is left "
-            "out, so rows do not sum to 1."
-        )
-    layout = text_layout(tokens, doc.text, start, stop)
+    _window_note(notes, start, stop, n, max_tokens)
     blobs: dict[str, str] = {}
     layer_labels: list[int] = []
     head_labels: list[int] = []
@@ -182,6 +203,32 @@ def document_payload(
             max_error = max(max_error, error_bound(scale))
             layer_labels.append(int(array["layer"].values[i]))
         head_labels = [int(h) for h in array["head"].values]
+    entry = _entry(doc, tokens, start, stop, layer_labels, head_labels, blobs, notes)
+    return DocumentPayload(entry, blobs, max_error)
+
+
+def _window_note(notes: list[str], start: int, stop: int, n: int, max_tokens: int) -> None:
+    if (start, stop) != (0, n):
+        notes.append(
+            f"Tokens {start + 1:,}–{stop:,} of {n:,} are exported (at most {max_tokens:,} tokens a document; "
+            "choose another window with window=(start, stop)). Attention to tokens outside the window is left "
+            "out, so rows do not sum to 1."
+        )
+
+
+def _entry(
+    doc: Document,
+    tokens: pd.DataFrame,
+    start: int,
+    stop: int,
+    layer_labels: list[int],
+    head_labels: list[int],
+    blobs: dict[str, str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """The manifest entry of a document (its ``payload`` is ``"matrix"``; a q/k entry adds ``qk``)."""
+    n = len(tokens)
+    layout = text_layout(tokens, doc.text, start, stop)
     probabilities = [[str(k), float(v)] for k, v in (doc.probabilities or {}).items()]
     wrong = doc.label is not None and doc.prediction is not None and doc.label != doc.prediction
     option = " · ".join(str(v) for v in (doc.id, doc.label) if v) + (f" → {doc.prediction}" if doc.prediction else "")
@@ -201,24 +248,104 @@ def document_payload(
         "heads": head_labels,
         "blobs": list(blobs),
         "notes": notes,
+        "payload": "matrix",
     }
-    return DocumentPayload(entry, blobs, max_error)
+    return entry
 
 
 def _choose_layers(array: xr.DataArray, layers: Sequence[int] | None, max_bytes: int, notes: list[str]) -> list[int]:
     """Positions of the layers to export: those asked for, or as many as fit ``max_bytes``."""
-    n_layers, n_heads, n = array.sizes["layer"], array.sizes["head"], array.sizes["query"]
+    n_heads, n = array.sizes["head"], array.sizes["query"]
+    labels = [int(v) for v in array["layer"].values]
+    return _pick(labels, layers, n_heads * n * (n + 4), max_bytes, notes)
+
+
+def _pick(labels: list[int], layers: Sequence[int] | None, layer_bytes: int, max_bytes: int,
+          notes: list[str]) -> list[int]:  # fmt: skip
+    n_layers = len(labels)
     if layers is not None:
         chosen = sorted({int(i) % n_layers for i in layers if -n_layers <= int(i) < n_layers})
         if not chosen:
             raise ValueError(f"none of the layers {list(layers)} exists (the model has {n_layers})")
     else:
-        chosen = pick_layers(n_layers, n_heads * n * (n + 4), max_bytes)
+        chosen = pick_layers(n_layers, layer_bytes, max_bytes)
     if len(chosen) < n_layers:
-        shown = ", ".join(str(array["layer"].values[i]) for i in chosen)
+        shown = ", ".join(str(labels[i]) for i in chosen)
         why = "as asked" if layers is not None else f"to stay under {max_bytes / 2**20:.0f} MiB a document"
         notes.append(f"Layers {shown} of {n_layers} are exported ({why}).")
     return chosen
+
+
+def _qk_payload(
+    doc: Document,
+    kept: QKAttention,
+    index: int,
+    *,
+    max_tokens: int,
+    window: tuple[int, int] | None,
+    layers: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    max_bytes: int,
+    encoding: str,
+    quantization: str,
+    force: bool,
+) -> DocumentPayload | None:
+    """The document as queries and keys, or None where the matrix payload is smaller (unless
+    ``force``) or a value does not fit float16. Up to ``max(QK_MAX_TOKENS, max_tokens)`` tokens are
+    exported whole; the matrix payload would keep the first ``max_tokens``."""
+    notes: list[str] = []
+    tokens = tokens_of(doc.attention, "query")
+    n_doc = len(tokens)
+    limit = max(QK_MAX_TOKENS, max_tokens)
+    start, stop = pick_window(n_doc, limit, window)
+    n_heads = kept.shape[1]
+    positions = list(range(n_heads)) if heads is None else [int(p) for p in np.arange(n_heads)[list(heads)]]
+    if heads is not None:
+        notes.append(f"Only heads {', '.join(str(kept.head_ids[p]) for p in positions)} are exported.")
+    dim = int(kept.query.shape[3])
+    n_key_heads = len({kept.key_head(h) for h in positions})
+    layer_bytes = qk_layer_bytes(len(positions), n_key_heads, stop - start, dim, kept.bias is not None)
+    chosen = _pick(kept.layer_ids, layers, layer_bytes, max_bytes, notes)
+    blobs: dict[str, str] = {}
+    errors, row_errors = [], []
+    for j, layer in enumerate(chosen):
+        built = build_layer(kept, layer, positions, start, stop)
+        if built is None:
+            return None
+        text = encode_qk_layer(built.layer, encoding)
+        if j == 0 and not force and pick_window(n_doc, max_tokens, window) == (start, stop):
+            # The matrix payload would show the same tokens: keep whichever is smaller.
+            estimate = matrix_layer_estimate(kept, layer, positions, start, stop, quantization)
+            if encoding == "raw":
+                estimate = len(positions) * (stop - start) * (stop - start + 4)
+            if 4 * estimate / 3 <= len(text):
+                return None
+        blobs[f"attviz-d{index}-l{j}"] = text
+        errors.append(built.max_error)
+        row_errors.append(built.max_row_sum_error)
+        key_heads = built.layer.key_heads
+    if (start, stop) != (0, n_doc):
+        notes.append(
+            f"Tokens {start + 1:,}–{stop:,} of {n_doc:,} are exported (at most {limit:,} tokens a document as "
+            "queries and keys; choose another window with window=(start, stop)). Attention to tokens outside the "
+            "window is left out, so rows do not sum to 1."
+        )
+    layer_labels = [kept.layer_ids[i] for i in chosen]
+    head_labels = [kept.head_ids[p] for p in positions]
+    entry = _entry(doc, tokens, start, stop, layer_labels, head_labels, blobs, notes)
+    max_error = max(errors, default=0.0)
+    entry["payload"] = "qk"
+    entry["qk"] = {
+        "dim": dim,
+        "n_key_heads": n_key_heads,
+        "key_heads": key_heads,
+        "rules": [kept.rules[i].as_json() for i in chosen],
+        "bias": kept.bias is not None,
+        "max_error": max_error,
+        "row_sum_error": max(row_errors, default=0.0),
+        "store_error": kept.error,
+    }
+    return DocumentPayload(entry, blobs, max_error, kind="qk")
 
 
 def _load(array: xr.DataArray) -> xr.DataArray:
