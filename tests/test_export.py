@@ -14,7 +14,7 @@ import pytest
 import attviz
 from attviz import Corpus, Document, attention_array, token_frame
 from attviz.errors import InputError
-from attviz.export import decode_layer, export_html, quantize_rows, write_atomic
+from attviz.export import decode_layer, decode_qk_layer, export_html, quantize_rows, write_atomic
 from attviz.export.payload import pick_layers, pick_window, text_layout
 
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -52,8 +52,12 @@ def parse_page(page: str) -> tuple[dict, dict[str, str]]:
 
 
 def decoded(manifest: dict, blobs: dict[str, str], d: int, layer: int) -> np.ndarray:
+    """The weights the page shows for one layer ``(heads, queries, keys)``, whatever its payload kind."""
     entry = manifest["docs"][d]
     n = len(entry["tokens"])
+    if entry["payload"] == "qk":
+        page = decode_qk_layer(blobs[entry["blobs"][layer]], entry, layer, manifest["encoding"])
+        return np.stack([page.weights(h) for h in range(len(entry["heads"]))]).astype(np.float32)
     return decode_layer(blobs[entry["blobs"][layer]], len(entry["heads"]), n, n, manifest["encoding"])
 
 

@@ -151,3 +151,46 @@ def test_layout_compact_prediction_and_visible_choices(page, server, server_log,
     others = {color for active, color in backgrounds if not active}
     assert len(chosen) == 1 and not chosen & others, backgrounds
     screenshot(page, "layout-compact")
+
+
+@pytest.fixture(scope="module")
+def qk_server(tiny_gpt2, tmp_path_factory) -> Iterator[ExplorerServer]:
+    """``attviz serve qk.zarr``: a GPT-2 store kept as queries and keys; each session opens its longest
+    document under a small ``layer_memory``, so it is explored a head and a tile at a time."""
+    from attviz.app import create_app
+
+    path = tmp_path_factory.mktemp("qk") / "qk.zarr"
+    corpora.qk_corpus(*tiny_gpt2).save(path)
+
+    def make() -> Any:
+        template = create_app([str(path)], live=False)
+        explorer = template.explorer
+        explorer.layer_memory = corpora.LONG
+        explorer.doc_id = explorer.corpora[explorer.source].ids[-1]
+        return template
+
+    yield from serve_explorer(make)
+
+
+def test_a_long_document_kept_as_queries_and_keys(page, qk_server, server_log, screenshot):
+    """The matrix is drawn from tiles, a head change recolours the tokens from block-wise sums, the
+    notice says what is shown; no error in the page or the server log."""
+    from tests.browser.test_explorer import alpha, tab, wait_for_colors_other_than
+
+    explorer = open_explorer(page, qk_server)
+    doc = explorer.document
+    assert doc.qk() is not None and explorer.matrix.chunks is not None
+    page.get_by_text("views show the selected head", exact=False).first.wait_for()
+    before = colors(page)
+    handle = page.locator(".bk-Slider").filter(has_text="Head:").locator(".noUi-handle")
+    handle.focus()
+    handle.press("ArrowRight")
+    _wait_until(lambda: explorer.head == 1)
+    after = wait_for_colors_other_than(page, before)
+    full = doc.attention.isel(layer=explorer.layer, head=1).values  # the reference: the whole matrix
+    assert max(range(len(after)), key=lambda i: alpha(after[i])) == int(full.mean(0).argmax())
+    tab(page, "Matrix").click()
+    idle(page)
+    _wait_until(lambda: explorer.matrix is not None and explorer.matrix.chunks is not None)
+    assert not alerts(page)
+    screenshot(page, "long-qk-matrix")
