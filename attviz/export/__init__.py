@@ -137,8 +137,9 @@ def export_html(
     if "qk" in errors:
         stated = [e["qk"]["store_error"] for e in entries if e.get("payload") == "qk" and e["qk"]["store_error"]]
         store = f" (the stored queries and keys rebuild the model's weights within {max(stated):.2g})" if stated else ""
+        count = sum(e.get("payload") == "qk" for e in entries)
         notes.append(
-            f"{_count(sum(e.get('payload') == 'qk' for e in entries), 'document')} carry queries and keys instead "
+            f"{_count(count, 'document')} {'carries' if count == 1 else 'carry'} queries and keys instead "
             "of matrices (float16, keys centred; the page computes every weight it shows from them): every "
             f"weight is within {errors['qk']:.3g} of the stored queries' and keys' weights{store}, measured over "
             "all of them; means and maxima over heads keep that bound."
