@@ -45,9 +45,10 @@ class DocumentReader(ExplorerState):
         return self.live_model is not None and bool(model) and same_model(str(model), self.live_model.name)
 
     def _recompute(self, doc: Document) -> Document:
-        """``doc`` with its attention matrices recomputed by the live model (the store keeps none)."""
+        """``doc`` with its attention recomputed by the live model (the store keeps none): as queries and
+        keys where those are smaller (a long document is then explored a head and a tile at a time)."""
         extracted = self.live_model([doc.text], [doc.id])[0]
-        arrays = {**doc.arrays, **{k: extracted.get(k) for k in extracted.kinds}}
+        arrays = {**doc.arrays, **{k: extracted.arrays[k] for k in extracted.kinds}}
         return Document(
             id=doc.id,
             text=doc.text,

@@ -380,3 +380,23 @@ def test_the_readme_recipe_runs_as_written():
     full = doc.attention.sel(layer=5, head=3).values
     np.testing.assert_allclose(doc.qk().tile(5, 3, slice(0, 64), slice(0, 64)), full[:64, :64], atol=1e-5)
     np.testing.assert_allclose(doc.qk().received(5, 3), full.sum(0), atol=1e-3)
+
+
+def test_a_store_without_attention_is_recomputed_as_queries_and_keys(tiny_gpt2):
+    """A vectors-only store opened with its model: the long document comes back as q/k, exactly the
+    attention a q/k extraction keeps."""
+    from attviz.explorer import Explorer
+    from attviz.live import LiveModel
+    from attviz.models import prepare_model
+
+    model, tokenizer = tiny_gpt2
+    texts = [TEXTS[4], " ".join(TEXTS * 2)]
+    policy = attviz.StoragePolicy(matrices=False, vectors=("attention_received",))
+    stored = attviz.extract(texts, model=model, tokenizer=tokenizer, policy=policy, progress=False)
+    live = LiveModel(name=stored.attrs["model"], loader=lambda: prepare_model(model, tokenizer, device="cpu"))
+    explorer = Explorer(stored, live_model=live)
+    explorer.doc_id = stored.ids[1]
+    doc = explorer.document
+    assert doc.meta["recomputed"] and doc.qk() is not None
+    reference = attviz.extract(texts[1:], model=model, tokenizer=tokenizer, attention="qk", progress=False)[0]
+    np.testing.assert_allclose(doc.attention.values, reference.attention.values, atol=1e-6)
