@@ -1,7 +1,11 @@
 /* attviz static export: the page's behaviour. Everything comes from the page itself; nothing is fetched.
  * Payload of a layer (see attviz/export/payload.py): float32 scales (heads x queries), then uint8
- * values (heads x queries x keys); value = q * scale of its row. Token text is only ever set with
- * textContent (or as Bokeh tooltip/tick text, which Bokeh escapes). */
+ * values (heads x queries x keys); value = q * scale of its row. A document kept as queries and keys
+ * (entry.payload "qk", see attviz/export/qkpayload.py) carries float32 lse (heads x queries), float32
+ * bias when entry.qk.bias, then float16 q (heads x queries x dim) and k (key heads x keys x dim), low
+ * bytes first then high bytes: the page computes the weights it shows from them, a row at a time
+ * (O(T d)), and the matrix image max-pooled to at most MAX_SIDE a side, never a T x T array.
+ * Token text is only ever set with textContent (or as Bokeh tooltip/tick text, which Bokeh escapes). */
 (function () {
   "use strict";
   const A = (window.attviz = window.attviz || {});
@@ -9,6 +13,8 @@
   const state = (A.state = { doc: 0, layer: 0, head: "mean", mode: "from", selected: null });
   const cache = new Map();
   const CACHE_SIZE = 16;
+  const MAX_SIDE = (A.MAX_SIDE = 2048);  // the largest matrix image (pixels a side) of a q/k document
+  const SLICE_MS = 40;  // a long computation yields to the browser this often (and stops when stale)
   let M = null, B = {}, spans = [], run = 0;
   A.ready = false;
   A.pending = Promise.resolve();
@@ -36,17 +42,49 @@
     return new Uint8Array(await new Response(stream).arrayBuffer());
   }
 
+  let HALF = null;
+  /** float16 bit patterns to float32 values (a table of all 65,536). */
+  function halfTable() {
+    if (HALF) return HALF;
+    HALF = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) {
+      const sign = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, f = h & 1023;
+      HALF[h] = e === 0 ? sign * f * 2 ** -24 : e === 31 ? (f ? NaN : sign * Infinity) : sign * (1 + f / 1024) * 2 ** (e - 15);
+    }
+    return HALF;
+  }
+
+  function loadQK(doc, l, bytes) {
+    const n = doc.tokens.length, H = doc.heads.length, meta = doc.qk, dim = meta.dim, KH = meta.n_key_heads;
+    const nBias = meta.bias ? H * (2 * n - 1) : 0, count = (H + KH) * n * dim;
+    const expected = 4 * (H * n + nBias) + 2 * count;
+    if (bytes.length !== expected) throw new Error(`layer ${doc.layers[l]}: ${bytes.length} bytes, expected ${expected}`);
+    if (bytes.byteOffset % 4) bytes = bytes.slice();
+    const lse = new Float32Array(bytes.buffer, bytes.byteOffset, H * n);
+    const bias = meta.bias ? new Float32Array(bytes.buffer, bytes.byteOffset + 4 * H * n, nBias) : null;
+    const low = bytes.subarray(4 * (H * n + nBias)), high = low.subarray(count), table = halfTable();
+    const values = new Float32Array(count);
+    for (let i = 0; i < count; i++) values[i] = table[low[i] | (high[i] << 8)];
+    const [scaling, left, right, softcap] = meta.rules[l];
+    return {
+      kind: "qk", H, n, dim, lse, bias,
+      q: values.subarray(0, H * n * dim), k: values.subarray(H * n * dim),
+      keyHead: meta.key_heads, scaling, left, right, softcap: softcap || 0,
+    };
+  }
+
   async function load(d, l) {
     const doc = M.docs[d], n = doc.tokens.length, H = doc.heads.length;
     let bytes = base64(byId(doc.blobs[l]).textContent);
     if (M.encoding === "deflate") bytes = await inflate(bytes);
+    if (doc.payload === "qk") return loadQK(doc, l, bytes);
     if (bytes.length !== H * n * (4 + n)) {
       throw new Error(`layer ${doc.layers[l]}: ${bytes.length} bytes, expected ${H * n * (4 + n)}`);
     }
     if (bytes.byteOffset % 4) bytes = bytes.slice();
     const scales = new Float32Array(bytes.buffer, bytes.byteOffset, H * n);
     const q = new Uint8Array(bytes.buffer, bytes.byteOffset + 4 * H * n, H * n * n);
-    return { scales, q, H, n };
+    return { kind: "matrix", scales, q, H, n };
   }
 
   /** The decoded layer ``l`` of document ``d`` (kept for the last few layers used). */
@@ -91,12 +129,113 @@
     return v;
   };
 
+  // -- queries and keys: weights computed where they are shown --------------------------------------
+  /** Head ``h``'s weights of query ``i`` into ``out`` over the keys its rule allows; returns [lo, hi). */
+  function headRow(L, h, i, out) {
+    const { n, dim, q, k, lse, bias, scaling, left, right, softcap } = L;
+    const lo = left >= 0 ? Math.max(0, i - left) : 0, hi = right >= 0 ? Math.min(n, i + right + 1) : n;
+    const qo = (h * n + i) * dim, kb = L.keyHead[h] * n * dim, l = lse[h * n + i];
+    const bo = bias ? h * (2 * n - 1) + n - 1 - i : 0;
+    for (let j = lo, ko = kb + lo * dim; j < hi; j++, ko += dim) {
+      let s = 0;
+      for (let t = 0; t < dim; t++) s += q[qo + t] * k[ko + t];
+      s *= scaling;
+      if (softcap) s = softcap * Math.tanh(s / softcap);
+      if (bias) s += bias[bo + j];
+      out[j] = Math.exp(s - l);
+    }
+    return [lo, hi];
+  }
+
+  /** Head ``h``'s weight of query ``i`` on key ``j`` (0 where the rule masks it). */
+  function headCell(L, h, i, j) {
+    const { n, dim, q, k, lse, bias, scaling, left, right, softcap } = L;
+    if ((left >= 0 && i - j > left) || (right >= 0 && j - i > right)) return 0;
+    const qo = (h * n + i) * dim, ko = (L.keyHead[h] * n + j) * dim;
+    let s = 0;
+    for (let t = 0; t < dim; t++) s += q[qo + t] * k[ko + t];
+    s *= scaling;
+    if (softcap) s = softcap * Math.tanh(s / softcap);
+    if (bias) s += bias[h * (2 * n - 1) + n - 1 + j - i];
+    return Math.exp(s - lse[h * n + i]);
+  }
+
+  const headsOf = (L, head) => (head === "mean" || head === "max" ? [...Array(L.H).keys()] : [Number(head)]);
+
+  /** Row ``i`` shown for ``head`` (a head position, "mean" or "max") into ``out`` (length n). */
+  function reducedRow(L, head, i, out, scratch) {
+    out.fill(0);
+    if (head !== "mean" && head !== "max") { headRow(L, Number(head), i, out); return out; }
+    for (let h = 0; h < L.H; h++) {
+      const [lo, hi] = headRow(L, h, i, scratch);
+      if (head === "max") { for (let j = lo; j < hi; j++) if (scratch[j] > out[j]) out[j] = scratch[j]; }
+      else { for (let j = lo; j < hi; j++) out[j] += scratch[j] / L.H; }
+    }
+    return out;
+  }
+
+  /** The weight shown for ``head`` at query ``i``, key ``j`` (of a q/k layer). */
+  A.cell = function (L, head, i, j) {
+    let v = 0, sum = 0;
+    for (const h of headsOf(L, head)) { const w = headCell(L, h, i, j); sum += w; if (w > v) v = w; }
+    return head === "max" ? v : head === "mean" ? sum / L.H : sum;
+  };
+
+  /** Query ``i``'s row shown for ``head`` (Float32Array n). */
+  A.row = function (L, head, i) {
+    return reducedRow(L, head, i, new Float32Array(L.n), new Float32Array(L.n));
+  };
+
+  /** Key ``j``'s column shown for ``head`` (Float32Array n). */
+  A.column = function (L, head, j) {
+    const out = new Float32Array(L.n);
+    for (let i = 0; i < L.n; i++) out[i] = A.cell(L, head, i, j);
+    return out;
+  };
+
+  /** One pass over every row: the image max-pooled to at most MAX_SIDE a side and the attention
+   * each key receives (column means); yields to the browser every SLICE_MS and gives null once
+   * ``stale()`` says a newer render started. */
+  A.full = async function (L, head, stale = () => false) {
+    const n = L.n, block = Math.max(1, Math.ceil(n / MAX_SIDE)), side = Math.ceil(n / block);
+    const image = new Float32Array(side * side), sums = new Float64Array(n);
+    const row = new Float32Array(n), scratch = new Float32Array(n);
+    let mark = performance.now();
+    for (let i = 0; i < n; i++) {
+      reducedRow(L, head, i, row, scratch);
+      for (let j = 0; j < n; j++) sums[j] += row[j];
+      if (block === 1) image.set(row, i * n);
+      else {
+        const base = Math.floor(i / block) * side;
+        for (let j = 0; j < n; j++) { const c = base + Math.floor(j / block); if (row[j] > image[c]) image[c] = row[j]; }
+      }
+      if (performance.now() - mark > SLICE_MS) {
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        if (stale()) return null;
+        mark = performance.now();
+      }
+    }
+    const received = new Float32Array(n);
+    for (let j = 0; j < n; j++) received[j] = sums[j] / (n || 1);
+    return { image, side, block, received };
+  };
+
   const doc = () => M.docs[state.doc];
   const tokenText = (i) => `${doc().tokens[i]} #${doc().start + i}`;
   A.tokenLabel = function (value) {
     if (!M || !M.docs.length) return "";
     const i = Math.round(value);
     return i >= 0 && i < doc().tokens.length ? tokenText(i) : "";
+  };
+  /** The hover's attention value: for a q/k document the exact weight of the cell under the pointer
+   * (the image may be max-pooled), else the image value. */
+  A.cellLabel = function (value, vars) {
+    const L = A.layer, n = M && M.docs.length ? doc().tokens.length : 0;
+    if (L && L.kind === "qk" && vars && Number.isFinite(vars.x) && Number.isFinite(vars.y)) {
+      const i = Math.round(vars.y), j = Math.round(vars.x);
+      if (i >= 0 && i < n && j >= 0 && j < n) value = A.cell(L, state.head, i, j);
+    }
+    return Number.isFinite(value) ? Number(value).toFixed(5) : "-";
   };
   A.tickLabel = function (tick) {
     if (!M || !M.docs.length) return "";
@@ -111,7 +250,8 @@
     console.error(error);
   }
 
-  function drawMatrix(m, n) {
+  /** Draw ``m`` (side x side, row-major) over the n x n token grid. */
+  function drawMatrix(m, n, side = n) {
     if (!B.source) return;
     let top = 0;
     for (let i = 0; i < m.length; i++) if (m[i] > top) top = m[i];
@@ -123,7 +263,7 @@
     } else {
       B.mapper.high = high;
     }
-    const image = B.ndarray(m, { dtype: "float32", shape: [n, n] });
+    const image = B.ndarray(m, { dtype: "float32", shape: [side, side] });
     B.source.data = { image: [image], x: [-0.5], y: [-0.5], dw: [n], dh: [n] };
   }
 
@@ -136,10 +276,23 @@
     B.highlight.data = data;
   }
 
+  /** What colours the text now, from the matrix (uint8 payload) or computed from q/k. */
+  function currentValues() {
+    const n = doc().tokens.length, s = state.selected, L = A.layer;
+    if (A.current) return A.vector(A.current, n);
+    if (!L || L.kind !== "qk" || !A.view) return null;
+    if (s !== null && state.mode === "from") return A.row(L, state.head, s);
+    if (s !== null && state.mode === "to") return A.column(L, state.head, s);
+    return A.view.received;
+  }
+
   function colourText() {
-    const m = A.current, n = doc().tokens.length;
-    if (!m || !spans.length) return;
-    const v = (A.values = A.vector(m, n));
+    const n = doc().tokens.length;
+    if (!spans.length) return;
+    const t0 = performance.now();
+    const v = (A.values = currentValues());
+    if (!v) return;
+    A.timings = { ...A.timings, values: performance.now() - t0 };
     let top = 0;
     for (let i = 0; i < n; i++) if (v[i] > top) top = v[i];
     spans.forEach((span, i) => {
@@ -170,7 +323,7 @@
   async function render() {
     const token = ++run, d = doc();
     if (!d.blobs.length) {
-      A.current = A.values = null;
+      A.current = A.values = A.layer = A.view = null;
       if (B.source) B.source.data = { image: [], x: [], y: [], dw: [], dh: [] };
       spans.forEach((span) => { span.style.backgroundColor = ""; });
       const legend = byId("attviz-legend");
@@ -181,9 +334,19 @@
     const L = await A.layerData(state.doc, state.layer);
     if (token !== run) return;
     const t0 = performance.now();
-    const m = (A.current = A.matrix(L, state.head));
+    if (L.kind === "qk") {
+      const view = await A.full(L, state.head, () => token !== run);
+      if (!view || token !== run) return;
+      A.current = null;
+      A.layer = L;
+      A.view = view;
+    } else {
+      A.current = A.matrix(L, state.head);
+      A.layer = L;
+      A.view = { image: A.current, side: L.n, block: 1 };
+    }
     const t1 = performance.now();
-    drawMatrix(m, L.n);
+    drawMatrix(A.view.image, L.n, A.view.side);
     highlight();
     const t2 = performance.now();
     colourText();

@@ -112,11 +112,12 @@ def _matrix_figure(n: int) -> dict[str, Any]:
         fill_alpha=0.0, line_color="#f9822c", line_width=2, name="attviz-highlight-glyph",
     )  # fmt: skip
     label = CustomJSHover(code="return attviz.tokenLabel(value)")
+    value = CustomJSHover(code="return attviz.cellLabel(value, special_vars)")  # exact where pooled
     fig.add_tools(
         HoverTool(
             renderers=[image],
-            tooltips=[("query", "$y{custom}"), ("key", "$x{custom}"), ("attention", "@image{0.00000}")],
-            formatters={"$x": label, "$y": label},
+            tooltips=[("query", "$y{custom}"), ("key", "$x{custom}"), ("attention", "@image{custom}")],
+            formatters={"$x": label, "$y": label, "@image": value},
         )
     )
     fig.js_on_event("tap", CustomJS(code="attviz.tap(cb_obj.x, cb_obj.y)"))
