@@ -162,16 +162,20 @@
 
   const headsOf = (L, head) => (head === "mean" || head === "max" ? [...Array(L.H).keys()] : [Number(head)]);
 
-  /** Row ``i`` shown for ``head`` (a head position, "mean" or "max") into ``out`` (length n). */
-  function reducedRow(L, head, i, out, scratch) {
-    out.fill(0);
-    if (head !== "mean" && head !== "max") { headRow(L, Number(head), i, out); return out; }
+  /** Row ``i`` shown for ``head`` (a head position, "mean" or "max") into ``out`` (length n, zero
+   * outside the span it returns: [lo, hi), the keys any of the heads may attend). */
+  function reducedRow(L, head, i, out, scratch, span = [0, L.n]) {
+    out.fill(0, span[0], span[1]);
+    if (head !== "mean" && head !== "max") return headRow(L, Number(head), i, out);
+    let first = L.n, last = 0;
     for (let h = 0; h < L.H; h++) {
       const [lo, hi] = headRow(L, h, i, scratch);
+      if (lo < first) first = lo;
+      if (hi > last) last = hi;
       if (head === "max") { for (let j = lo; j < hi; j++) if (scratch[j] > out[j]) out[j] = scratch[j]; }
       else { for (let j = lo; j < hi; j++) out[j] += scratch[j] / L.H; }
     }
-    return out;
+    return [Math.min(first, last), last];
   }
 
   /** The weight shown for ``head`` at query ``i``, key ``j`` (of a q/k layer). */
@@ -183,7 +187,9 @@
 
   /** Query ``i``'s row shown for ``head`` (Float32Array n). */
   A.row = function (L, head, i) {
-    return reducedRow(L, head, i, new Float32Array(L.n), new Float32Array(L.n));
+    const out = new Float32Array(L.n);
+    reducedRow(L, head, i, out, new Float32Array(L.n));
+    return out;
   };
 
   /** Key ``j``'s column shown for ``head`` (Float32Array n). */
@@ -199,15 +205,17 @@
   A.full = async function (L, head, stale = () => false) {
     const n = L.n, block = Math.max(1, Math.ceil(n / MAX_SIDE)), side = Math.ceil(n / block);
     const image = new Float32Array(side * side), sums = new Float64Array(n);
-    const row = new Float32Array(n), scratch = new Float32Array(n);
-    let mark = performance.now();
+    const row = new Float32Array(n), scratch = new Float32Array(n), pixel = new Int32Array(n);
+    for (let j = 0; j < n; j++) pixel[j] = Math.floor(j / block);
+    let mark = performance.now(), span = [0, n];
     for (let i = 0; i < n; i++) {
-      reducedRow(L, head, i, row, scratch);
-      for (let j = 0; j < n; j++) sums[j] += row[j];
-      if (block === 1) image.set(row, i * n);
+      span = reducedRow(L, head, i, row, scratch, span);  // zero outside the span, cleared from the last one
+      const [lo, hi] = span;
+      for (let j = lo; j < hi; j++) sums[j] += row[j];
+      if (block === 1) image.set(row.subarray(lo, hi), i * n + lo);
       else {
         const base = Math.floor(i / block) * side;
-        for (let j = 0; j < n; j++) { const c = base + Math.floor(j / block); if (row[j] > image[c]) image[c] = row[j]; }
+        for (let j = lo; j < hi; j++) { const c = base + pixel[j]; if (row[j] > image[c]) image[c] = row[j]; }
       }
       if (performance.now() - mark > SLICE_MS) {
         await new Promise((resolve) => setTimeout(resolve, 0));
