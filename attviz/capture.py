@@ -304,6 +304,7 @@ class Capture:
         layer_ids = list(policy.layers) if policy.layers is not None else list(range(n_layers))
         head_ids = list(policy.heads) if policy.heads is not None else None
         kept_heads = len(head_ids) if head_ids is not None else n_heads
+        heads = head_ids if head_ids is not None else slice(None)
         for b, (n, m) in enumerate(sizes):
             if self.causal is None and kind in ("self", "decoder") and n > 1:
                 self.causal = documents[b][0].rule.causal
@@ -326,7 +327,9 @@ class Capture:
                     keys_of = _key_heads(head_ids, n_heads // key_heads)
                     lse = torch.stack(
                         [
-                            log_sum_exp(
+                            x.lse[heads].float()
+                            if x.lse is not None
+                            else log_sum_exp(
                                 query[i].float() * query_scale[i, ..., None],
                                 keys_of(key[i].float() * key_scale[i, ..., None]),
                                 x.rule,

@@ -76,6 +76,7 @@ def describe_attention(attrs: dict[str, Any], documents: int) -> str | None:
         parts.append(
             f"rebuild checked against eager attention: max abs error {float(check['error']):.2g} (float32), "
             f"{float(check['stored_error']):.2g} (as stored)"
+            + (f", {float(check['tile_error']):.2g} (tiles of long documents)" if "tile_error" in check else "")
         )
     if attrs.get("attention_fallback"):
         parts.append(f"matrices because {attrs['attention_fallback']}")

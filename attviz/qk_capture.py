@@ -51,6 +51,8 @@ class Call:
     key: torch.Tensor  # (batch, key heads, keys, dim)
     mask: torch.Tensor | None
     kwargs: dict[str, Any]
+    #: ``(batch, heads, queries)`` row log-sum-exp from the kernel that ran the call (None: not given).
+    lse: torch.Tensor | None = None
 
     @property
     def scaling(self) -> float:
@@ -69,12 +71,46 @@ class Call:
 def _attention(module, query, key, value, attention_mask, **kwargs):
     calls = _CALLS.get()
     if calls is not None:
-        calls.append(Call(module, query, key, attention_mask, dict(kwargs)))
+        call = Call(module, query, key, attention_mask, dict(kwargs))
+        calls.append(call)
+        if query.device.type == "cpu" and kwargs.get("softcap") is None and not kwargs.get("dropout"):
+            try:  # the fused kernel's row log-sum-exp comes for free
+                output, call.lse = _flash_cpu(call, value)
+                return output, None
+            except RuntimeError:
+                call.lse = None
     if kwargs.get("softcap") is not None:  # SDPA refuses soft-capping
         return _math_attention(module, query, key, value, attention_mask, **kwargs)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _flash_cpu(call: Call, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The call on torch's fused CPU kernel, which also returns each row's log-sum-exp (what a store
+    keeps so a tile is normalised without the rest of its row): (output as transformers expects, lse)."""
+    query, key = call.query, call.key
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    causal = call.causal_without_mask
+    mask, bias = call.mask, call.kwargs.get("position_bias")
+    lowest = torch.finfo(query.dtype).min  # not -inf: a row masked whole stays finite, as in eager
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, lowest)
+    if bias is not None:
+        mask = bias.to(query.dtype) if mask is None else mask + bias.to(query.dtype)
+        if causal:
+            n, m = query.shape[2], key.shape[2]
+            upper = torch.ones(n, m, dtype=torch.bool, device=query.device).triu(1)
+            mask = mask.masked_fill(upper, lowest)
+            causal = False
+    if mask is not None:
+        mask = mask.to(query.dtype).expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, causal, attn_mask=mask, scale=call.scaling
+    )
+    return output.transpose(1, 2).contiguous(), lse
 
 
 def _math_attention(module, query, key, value, attention_mask, scaling=None, softcap=None, **kwargs):
@@ -275,6 +311,8 @@ class LayerQK:
     key: torch.Tensor
     rule: Rule
     bias: torch.Tensor | None
+    #: ``(head, n)`` row log-sum-exp from the kernel, or None.
+    lse: torch.Tensor | None = None
 
 
 def document_qk(calls: Sequence[Call], b: int, n: int, m: int, cache: dict | None = None) -> list[LayerQK]:
@@ -289,7 +327,9 @@ def document_qk(calls: Sequence[Call], b: int, n: int, m: int, cache: dict | Non
         unknown = {k for k, v in call.kwargs.items() if v is not None} - _UNDERSTOOD
         if unknown:
             raise QKUnavailable(f"the attention function was passed {sorted(unknown)}, which attviz cannot rebuild")
-        out.append(LayerQK(call.query[b, :, :n], call.key[b, :, :m], _rule(call, b, n, m, cache), _bias(call, b, n, m)))
+        lse = None if call.lse is None else call.lse[b, :, :n]
+        rule, bias = _rule(call, b, n, m, cache), _bias(call, b, n, m)
+        out.append(LayerQK(call.query[b, :, :n], call.key[b, :, :m], rule, bias, lse))
     return out
 
 
@@ -313,8 +353,9 @@ def check_rebuild(
     attviz's attention) and with eager attention (``eager()``), rebuild every document from the
     recorded queries and keys and compare with the model's own eager weights.
 
-    Returns ``{"error": max abs error of the float32 rebuild, "stored_error": of the rebuild from
-    int16 q/k and the row log-sum-exp (what a store gives back), "tolerance", "documents"}``;
+    Returns ``{"error": max abs error of the float32 rebuild, "stored_error": of the rows rebuilt from
+    the stored int16 q/k (what ``doc.attention`` gives), "tile_error": of tiles normalised by the stored
+    row log-sum-exp (the matrix view of a long document), "tolerance", "documents"}``;
     raises :class:`QKUnavailable` when the float32 rebuild is off by more than :data:`TOLERANCE`.
     """
     with torch.inference_mode():
@@ -332,7 +373,7 @@ def check_rebuild(
             "cross": out.cross_attentions,
         }
     tolerance = TOLERANCE.get(loaded.model.dtype, 1e-4)
-    error = stored = 0.0
+    error = stored = tiles = 0.0
     for kind, calls in per_kind.items():
         reference = references[kind]
         if not reference or len(reference) != len(calls) or any(r is None for r in reference):
@@ -343,9 +384,10 @@ def check_rebuild(
                 expected = reference[layer][b, :, :n, :m].float()
                 error = max(error, float((weights(x.query, x.key, x.rule, x.bias) - expected).abs().max()))
                 q16, k16 = rounded(x.query), rounded(x.key)
-                lse = log_sum_exp(q16, k16, x.rule, x.bias)
-                rebuilt = torch.exp(logits(q16, k16, x.rule, x.bias, slice(None)) - lse[..., None])
-                stored = max(stored, float((rebuilt - expected).abs().max()))
+                scores = logits(q16, k16, x.rule, x.bias, slice(None))
+                stored = max(stored, float((torch.softmax(scores, -1) - expected).abs().max()))
+                lse = x.lse.float() if x.lse is not None else torch.logsumexp(scores, -1)
+                tiles = max(tiles, float((torch.exp(scores - lse[..., None]) - expected).abs().max()))
     if not error <= tolerance:  # NaN fails too
         raise QKUnavailable(
             f"weights rebuilt from queries and keys differ from the eager weights by {error:.3g} (> {tolerance:g})"
@@ -353,6 +395,7 @@ def check_rebuild(
     return {
         "error": error,
         "stored_error": stored,
+        "tile_error": tiles,
         "tolerance": tolerance,
         "documents": len(sizes[next(iter(per_kind))]),
     }
