@@ -400,3 +400,22 @@ def test_a_store_without_attention_is_recomputed_as_queries_and_keys(tiny_gpt2):
     assert doc.meta["recomputed"] and doc.qk() is not None
     reference = attviz.extract(texts[1:], model=model, tokenizer=tokenizer, attention="qk", progress=False)[0]
     np.testing.assert_allclose(doc.attention.values, reference.attention.values, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_store_written_before_queries_and_keys_opens_and_explores(minilm):
+    """tests/data/store-format1.zarr was written by attviz 6f82a08 (before issue #12): it opens, every
+    view's outputs derive, and its matrices equal a fresh extraction's."""
+    from pathlib import Path
+
+    from attviz.explorer import Explorer
+
+    old = attviz.Corpus.open(Path(__file__).parent / "data" / "store-format1.zarr")
+    assert old.attrs["format_version"] == 1 and all(doc.qk() is None for doc in old)
+    explorer = Explorer(old)
+    assert explorer.message == "" and explorer.matrix is not None and explorer.head_summary is not None
+    fresh = attviz.extract([doc.text for doc in old], model=minilm, attention="matrices", progress=False)
+    for a, b in zip(old, fresh, strict=True):
+        np.testing.assert_allclose(
+            a.attention.values.astype(np.float32), b.attention.values.astype(np.float32), atol=2e-3
+        )
