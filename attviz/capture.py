@@ -107,6 +107,8 @@ class Capture:
 
             raise AttvizError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}")
         self.attention = attention
+        #: Bytes a stored matrix value takes (2: float16; 1: uint8 rows), what ``auto`` compares q/k with.
+        self.matrix_value_bytes = 2
         #: Why queries and keys are not captured (set when ``auto``/``qk`` fell back to matrices).
         self.fallback: str = ""
         #: The first batch's rebuild check (:func:`attviz.qk_capture.check_rebuild`), once done.
@@ -313,7 +315,7 @@ class Capture:
                 continue
             key_heads, dim = layers[0].key.shape[0], layers[0].query.shape[-1]
             small = qk_bytes(len(layers), kept_heads, key_heads, dim, n, m) < matrix_bytes(
-                len(layers), kept_heads, n, m, layers[0].rule.causal
+                len(layers), kept_heads, n, m, layers[0].rule.causal, self.matrix_value_bytes
             )
             if self.attention == "qk" or small:
                 try:

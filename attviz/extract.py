@@ -183,6 +183,7 @@ def extract(
         strict=captures != "auto",
         attention=attention,
     )
+    capture.matrix_value_bytes = 1 if compression == "uint8" else 2
     label_names = predictor.labels if predictor else loaded.label_names
     sink.label_names = label_names
     sink.extra_attrs = {plugin.kind: plugin.stored_attrs() for plugin in plugins.values()}

@@ -418,9 +418,13 @@ def _vectors(values: np.ndarray, tokens: pd.DataFrame, dim: str, layer: int, hea
     )
 
 
-def matrix_bytes(n_layers: int, n_heads: int, n_query: int, n_key: int, causal: bool = False) -> float:
-    """Bytes of float16 matrices, as they compress: a causal matrix's upper half is zeros."""
-    return n_layers * n_heads * n_query * n_key * 2 * (0.5 if causal else 1.0)
+def matrix_bytes(
+    n_layers: int, n_heads: int, n_query: int, n_key: int, causal: bool = False, value_bytes: int = 2
+) -> float:
+    """Bytes of matrices (float16: 2 a value; uint8 rows: 1 and a float32 scale a row), as they compress:
+    a causal matrix's upper half is zeros."""
+    scales = 0 if value_bytes == 2 else n_layers * n_heads * n_query * 4
+    return n_layers * n_heads * n_query * n_key * value_bytes * (0.5 if causal else 1.0) + scales
 
 
 def qk_bytes(n_layers: int, n_heads: int, n_key_heads: int, dim: int, n_query: int, n_key: int) -> float:
