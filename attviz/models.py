@@ -158,15 +158,18 @@ def prepare_model(model: Any, tokenizer: Any, *, name: str | None = None, device
             "for character offsets (load it with AutoTokenizer, use_fast=True)"
         )
     config = model.config
-    implementation = getattr(config, "_attn_implementation", "eager")
-    if implementation != "eager":
-        try:
-            model.set_attn_implementation("eager")
-        except Exception as exc:
-            raise AttentionUnavailableError(
-                f"model uses attn_implementation={implementation!r}, which returns no attention weights, "
-                f"and switching it to 'eager' failed ({exc}); load it with attn_implementation='eager'"
-            ) from exc
+    from attviz.qk_capture import ATTENTION_NAME, model_lock
+
+    with model_lock(model):  # another session's extraction may be running this model right now
+        implementation = getattr(config, "_attn_implementation", "eager")
+        if implementation not in ("eager", ATTENTION_NAME):
+            try:
+                model.set_attn_implementation("eager")
+            except Exception as exc:
+                raise AttentionUnavailableError(
+                    f"model uses attn_implementation={implementation!r}, which returns no attention weights, "
+                    f"and switching it to 'eager' failed ({exc}); load it with attn_implementation='eager'"
+                ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     target = pick_device(device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,20 +148,35 @@ def register() -> None:
             AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """One lock per model object: a forward pass runs under the implementation it set (the explorer's
+    sessions share one model and may extract at the same time)."""
+    with _REGISTER_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def implementation(model: Any, name: str) -> Iterator[None]:
-    """``model`` runs with attention implementation ``name`` inside the block (restored after)."""
+    """``model`` runs with attention implementation ``name`` inside the block (restored after), which
+    holds the model's lock, so another thread cannot switch it in the middle of a forward pass."""
     if name == ATTENTION_NAME:
         register()
-    previous = getattr(model.config, "_attn_implementation", None) or "eager"
-    if previous == name:
-        yield
-        return
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+    with model_lock(model):
+        previous = getattr(model.config, "_attn_implementation", None) or "eager"
+        if previous == name:
+            yield
+            return
+        model.set_attn_implementation(name)
+        try:
+            yield
+        finally:
+            model.set_attn_implementation(previous)
 
 
 def uses_interface(model: Any) -> bool:

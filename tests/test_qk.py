@@ -419,3 +419,22 @@ def test_a_store_written_before_queries_and_keys_opens_and_explores(minilm):
         np.testing.assert_allclose(
             a.attention.values.astype(np.float32), b.attention.values.astype(np.float32), atol=2e-3
         )
+
+
+def test_concurrent_extractions_of_one_model_keep_their_implementations(tiny_bert):
+    """Two sessions of the explorer share one model: a q/k job and a matrices job at the same time must
+    each run the forward pass they set up (no empty eager tuple, no silent fallback)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, tokenizer = tiny_bert
+
+    def run(mode: str):
+        return [
+            attviz.extract(TEXTS, model=model, tokenizer=tokenizer, attention=mode, progress=False) for _ in range(4)
+        ]
+
+    with ThreadPoolExecutor(2) as pool:
+        qk, matrices = pool.map(run, ["qk", "matrices"])
+    assert all("attention_fallback" not in c.attrs and all(d.qk() is not None for d in c) for c in qk)
+    for a, b in zip(qk[-1], matrices[-1], strict=True):
+        np.testing.assert_allclose(a.attention.values, b.attention.values, atol=1e-3)
