@@ -133,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
         help="uint8 scale per row (default: every row keeps 256 levels) or per head's matrix (a 512-token "
         "MiniLM page 6.4 MB instead of 11.9; the same absolute error bound, 1/510, but weak rows keep few levels)",
     )
+    p.add_argument(
+        "--payload",
+        choices=("auto", "qk", "matrix"),
+        default="auto",
+        help="for documents kept as queries and keys: carry their float16 q/k where smaller than uint8 matrices "
+        "(auto, default; the page computes what it shows; up to 8,192 tokens without a window), always (qk), "
+        "or never (matrix)",
+    )
     p.add_argument("--title", default=None, help="page title")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -304,9 +312,17 @@ def _export(args: argparse.Namespace) -> int:
         heads=ints(args.heads, "heads"),
         title=args.title,
         quantization=args.quantization,
+        payload=args.payload,
     )
     size = len(html.encode("utf-8"))
     print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    from attviz.export import read_manifest
+
+    manifest = read_manifest(html)
+    for what, key in (("uint8 matrices", "matrix_error"), ("queries and keys", "qk_error")):
+        if manifest.get(key) is not None:
+            count = sum((d.get("payload") or "matrix") == key.split("_")[0] for d in manifest["docs"])
+            print(f"  {count} document(s) as {what}: max abs error of a weight {manifest[key]:.3g}", file=sys.stderr)
     return 0
 
 

@@ -271,3 +271,25 @@ def test_extract_attention_modes_and_info(tmp_path, tiny_model_dir, capsys, mode
     assert [doc.qk() is not None for doc in Corpus.open(out)].count(True) == kept
     code, text, _ = _run(capsys, "info", out)
     assert "kept as     mode " + mode in text
+
+
+def test_export_a_store_of_queries_and_keys_states_its_errors(tmp_path, tiny_model_dir, capsys):
+    """--payload qk carries q/k and the command says how far a weight the page computes may be from the
+    store's; --payload matrix keeps uint8 matrices for the same store."""
+    source = tmp_path / "in.txt"
+    source.write_text(" ".join(f"word{i} and more" for i in range(30)) + "\n", encoding="utf-8")
+    store = tmp_path / "qk.zarr"
+    code, _, err = _run(
+        capsys, "extract", source, "-o", store, "--model", tiny_model_dir, "--device", "cpu", "--attention", "qk"
+    )
+    assert code == 0, err
+    from attviz.export import read_manifest
+
+    for payload, line in (("qk", "as queries and keys: max abs error"), ("matrix", "as uint8 matrices: max abs error")):
+        page = tmp_path / f"{payload}.html"
+        code, _, err = _run(capsys, "export", store, "-o", page, "--payload", payload)
+        assert code == 0 and "1 document(s) " + line in err, err
+        manifest = read_manifest(page.read_text(encoding="utf-8"))
+        stated = float(err.split("max abs error of a weight ")[1].split()[0])
+        assert stated == pytest.approx(manifest["qk_error" if payload == "qk" else "matrix_error"], rel=1e-2)
+        assert stated < 2e-3

@@ -21,7 +21,7 @@ from typing import Any
 from attviz.atomic import write_text
 from attviz.corpus import Corpus, Document
 from attviz.errors import InputError
-from attviz.export.page import render_page
+from attviz.export.page import read_manifest, render_page
 from attviz.export.payload import ENCODINGS, PAYLOADS, decode_layer, document_payload
 from attviz.export.qkpayload import QK_MAX_TOKENS, decode_qk_layer
 from attviz.quantize import QUANTIZATIONS, quantize_rows
@@ -36,6 +36,7 @@ __all__ = [
     "decode_qk_layer",
     "export_html",
     "quantize_rows",
+    "read_manifest",
     "write_atomic",
 ]
 

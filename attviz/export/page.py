@@ -147,6 +147,16 @@ def script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def read_manifest(page: str) -> dict[str, Any]:
+    """The manifest an exported page carries (documents, payload kinds, stated errors)."""
+    import re
+
+    match = re.search(r"<script type='application/json' id='attviz-manifest'>(.*?)</script>", page, re.S)
+    if match is None:
+        raise ValueError("not an attviz page: no attviz-manifest script")
+    return json.loads(match.group(1))
+
+
 def _sha256(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
 
