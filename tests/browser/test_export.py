@@ -39,6 +39,7 @@ TOOLTIP = """(tips) => tips.map((t) => [...t.shadowRoot.children].filter((c) => 
 HEAD_CHANGE = """async () => {
   const start = performance.now();
   Bokeh.documents[0].get_model_by_name("attviz-head").value = "max";
+  await new Promise((resolve) => setTimeout(resolve, 0));  // the widget's callback starts the new render
   await attviz.pending;
   await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
   return (performance.now() - start) / 1000;
