@@ -281,6 +281,18 @@ class Capture:
                 summary = _reduce(policy.summary_aggregation(), weights, flags)
                 out[b][kind + SUMMARY] = HostCopy(summary, stream)
 
+    def _qk_document(self, layers: Sequence[Any]) -> Any:
+        """One document's weights for the policy's reductions: the whole ``(layer, head, query, key)``
+        tensor, or, above :data:`REDUCE_BYTES`, a :class:`_PerMatrix` that rebuilds one matrix at a time
+        (a token-level aggregation or the head summary reads one ``(query, key)`` matrix per output)."""
+        from attviz.qk_capture import weights
+
+        n_heads, n, _ = layers[0].query.shape
+        m = layers[0].key.shape[1]
+        if len(layers) * n_heads * n * m * 4 <= REDUCE_BYTES:
+            return torch.stack([weights(x.query, x.key, x.rule, x.bias) for x in layers])
+        return _PerMatrix(layers)
+
     def kind_qk(
         self,
         kind: str,
@@ -381,7 +393,7 @@ class Capture:
             out,
             sizes,
             special,
-            lambda b, n, m: torch.stack([weights(x.query, x.key, x.rule, x.bias) for x in documents[b]]),
+            lambda b, n, m: self._qk_document(documents[b]),
         )
         return out
 
@@ -395,9 +407,41 @@ def _key_heads(heads: Sequence[int] | None, groups: int) -> Any:
     return lambda keys: keys[index]
 
 
-def _reduce(agg: Any, document: torch.Tensor, special: torch.Tensor | None) -> torch.Tensor:
-    """``agg`` on one document's ``(layer, head, query, key)`` tensor: on its device when the
+#: Bytes of a document's float32 weights above which q/k reductions rebuild one matrix at a time.
+REDUCE_BYTES = 1 << 30
+
+
+class _PerMatrix:
+    """A long document's weights for the reductions, rebuilt one ``(query, key)`` matrix at a time."""
+
+    def __init__(self, layers: Sequence[Any]):
+        self.layers = layers
+        self.device = layers[0].query.device
+
+    @property
+    def heads(self) -> int:
+        return int(self.layers[0].query.shape[0])
+
+    def matrix(self, layer: int, head: int) -> torch.Tensor:
+        from attviz.qk_capture import weights
+
+        x = self.layers[layer]
+        groups = x.query.shape[0] // x.key.shape[0]
+        bias = None if x.bias is None else x.bias[head : head + 1]
+        key = x.key[head // groups : head // groups + 1]
+        return weights(x.query[head : head + 1], key, x.rule, bias)[None]  # (1, 1, query, key)
+
+
+def _reduce(agg: Any, document: Any, special: torch.Tensor | None) -> torch.Tensor:
+    """``agg`` on one document's ``(layer, head, query, key)`` tensor (or :class:`_PerMatrix`: one matrix
+    at a time, which an aggregation of ``(query, key)`` matrices allows): on its device when the
     aggregation has a torch version, else on the host with its xarray version."""
+    if isinstance(document, _PerMatrix):
+        rows = [
+            torch.cat([_reduce(agg, document.matrix(layer, head), special) for head in range(document.heads)], dim=1)
+            for layer in range(len(document.layers))
+        ]
+        return torch.cat(rows, dim=0)
     if agg.supports_torch:
         return agg.apply_torch(document, special=special).float()
     from attviz.corpus import attention_array, token_frame

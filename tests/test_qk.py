@@ -438,3 +438,28 @@ def test_concurrent_extractions_of_one_model_keep_their_implementations(tiny_ber
     assert all("attention_fallback" not in c.attrs and all(d.qk() is not None for d in c) for c in qk)
     for a, b in zip(qk[-1], matrices[-1], strict=True):
         np.testing.assert_allclose(a.attention.values, b.attention.values, atol=1e-3)
+
+
+def test_long_documents_reduce_one_matrix_at_a_time(tiny_gpt2, monkeypatch):
+    """Above REDUCE_BYTES the policy's vectors and head summary are computed from one rebuilt (query, key)
+    matrix at a time, with the same values as from the whole document."""
+    import attviz.capture as capture
+
+    model, tokenizer = tiny_gpt2
+    policy = attviz.StoragePolicy(vectors=("attention_received", "entropy", "attention_from:query=-1"), summary=True)
+    texts = [" ".join(TEXTS), TEXTS[1]]
+    whole = attviz.extract(texts, model=model, tokenizer=tokenizer, attention="qk", policy=policy, progress=False)
+    calls = []
+    original = capture._PerMatrix.matrix
+
+    def spy(self, layer, head):
+        calls.append((layer, head))
+        return original(self, layer, head)
+
+    monkeypatch.setattr(capture, "REDUCE_BYTES", 1 << 10)
+    monkeypatch.setattr(capture._PerMatrix, "matrix", spy)
+    split = attviz.extract(texts, model=model, tokenizer=tokenizer, attention="qk", policy=policy, progress=False)
+    assert calls and set(calls) == {(layer, head) for layer in range(2) for head in range(3)}
+    for a, b in zip(whole, split, strict=True):
+        for kind in ("self_vectors", "self_summary"):
+            np.testing.assert_allclose(a.get(kind).values, b.get(kind).values, atol=1e-6)
