@@ -256,6 +256,48 @@ class QKAttention:
         scores -= self._layer("lse", layer)[head, rows][:, None]
         return np.exp(scores, out=scores)
 
+    def pooled(self, layer: int, head: int, rows: slice, cols: slice, fr: int, fc: int) -> np.ndarray:
+        """The max of every ``fr × fc`` block of one head's weights over ``rows × cols`` (what a matrix
+        view draws at the screen's resolution), without the weights themselves: the max is taken over
+        logits minus the row's log-sum-exp and exponentiated once per block (exp is monotonic); keys
+        outside each block of rows' :meth:`span` are not computed. Block rows run on a thread per core."""
+        n_query, n_key = self.shape[2:]
+        rows, cols = _bounded(rows, n_query), _bounded(cols, n_key)
+        out_rows = -(-(rows.stop - rows.start) // fr)
+        out_cols = -(-(cols.stop - cols.start) // fc)
+        out = np.full((out_rows, out_cols), -np.inf, dtype=np.float32)
+        self._layer("query", layer), self._layer("key", layer), self._layer("lse", layer)
+        if self.bias is not None:
+            self._layer("bias", layer)
+        step = fr * max(1, BLOCK_ELEMENTS // (fr * max(1, cols.stop - cols.start)))
+
+        def block(start: int) -> None:
+            part = slice(start, min(rows.stop, start + step))
+            span = self.span(layer, part)
+            lo = cols.start + max(0, (span.start - cols.start) // fc * fc)  # on the fc grid from cols.start
+            hi = min(cols.stop, span.stop)
+            if hi <= lo:
+                return
+            scores = self.logits(layer, head, part, slice(lo, hi))
+            scores -= self._layer("lse", layer)[head, part][:, None]
+            n_rows, n_cols = scores.shape
+            pad_rows, pad_cols = -n_rows % fr, -n_cols % fc
+            if pad_rows or pad_cols:
+                scores = np.pad(scores, ((0, pad_rows), (0, pad_cols)), constant_values=-np.inf)
+            pooled = scores.reshape(scores.shape[0] // fr, fr, scores.shape[1] // fc, fc).max(axis=(1, 3))
+            r0, c0 = (part.start - rows.start) // fr, (lo - cols.start) // fc
+            out[r0 : r0 + pooled.shape[0], c0 : c0 + pooled.shape[1]] = pooled
+
+        starts = range(rows.start, rows.stop, step)
+        workers = max(1, min(len(starts), os.cpu_count() or 1))
+        if workers == 1:
+            for start in starts:
+                block(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(block, starts))
+        return np.exp(out, out=out)
+
     def row_blocks(self, n_cols: int | None = None) -> int:
         """Rows per block so that one block of logits stays within :data:`BLOCK_ELEMENTS`."""
         return max(1, BLOCK_ELEMENTS // max(1, n_cols or self.shape[3]))
@@ -339,7 +381,10 @@ class QKAttention:
             heads=[self.head_ids[head]],
             name=self.name,
         )
-        return array.isel(layer=0, head=0)
+        array = array.isel(layer=0, head=0)
+        # the matrix view draws it through this (attviz.views.matrix): pooled without the weights
+        array.attrs["attviz_pool"] = lambda rows, cols, fr, fc: self.pooled(layer, head, rows, cols, fr, fc)
+        return array
 
     @property
     def layer_ids(self) -> list[int]:

@@ -347,22 +347,24 @@ def test_a_long_document_is_explored_from_tiles_and_block_wise_vectors(long_doc_
     assert ex.matrix.chunks is None and ex.layer_matrices is not None
 
 
-def test_the_matrix_view_draws_a_lazy_matrix_block_by_block(long_doc_corpus):
-    from attviz.views.matrix import MatrixView, lazy_max_pool, max_pool
+def test_the_matrix_view_draws_a_lazy_matrix_block_by_block(long_doc_corpus, monkeypatch):
+    import attviz.qk as qk_module
+    from attviz.views.matrix import MatrixView, lazy_max_pool, max_pool, pool_factors
 
     qk = long_doc_corpus[0].qk()
     lazy = qk.head_array(1, 1, tile=(7, 11))
     full = lazy.values
-    for window, pixels in (
-        ((0, full.shape[0], 0, full.shape[1]), (9, 13)),
-        ((5, 40, 3, 30), (4, 6)),
-        ((0, 50, 0, 50), (50, 50)),
-    ):
+    monkeypatch.setattr(qk_module, "BLOCK_ELEMENTS", 300)  # pooled: many blocks of rows, across tiles
+    windows = (((0, full.shape[0], 0, full.shape[1]), (9, 13)), ((5, 40, 3, 30), (4, 6)), ((0, 50, 0, 50), (50, 50)))
+    for window, pixels in windows:
         r0, r1, c0, c1 = window
-        np.testing.assert_allclose(lazy_max_pool(lazy.data, *window, *pixels), max_pool(full[r0:r1, c0:c1], *pixels))
+        expected = max_pool(full[r0:r1, c0:c1], *pixels)
+        np.testing.assert_allclose(lazy_max_pool(lazy.data, *window, *pixels), expected)
+        factors = pool_factors(r1 - r0, c1 - c0, *pixels)
+        np.testing.assert_allclose(qk.pooled(1, 1, slice(r0, r1), slice(c0, c1), *factors), expected, atol=1e-7)
     view = MatrixView(data=lazy, rasterize_above=16)
     image = view._source.data["image"][0]
-    assert view._lazy is not None and view._values.size == 0  # never held whole
+    assert view._pool is not None and view._values.size == 0  # drawn from q/k, never held whole
     assert image.shape[0] <= view._pixels()[0] and image.max() == pytest.approx(full.max())
 
 

@@ -333,6 +333,7 @@ class MatrixView(View):
         self._query_positions = np.zeros(0, dtype=np.int64)
         self._values = np.zeros((0, 0), dtype=np.float32)
         self._lazy: Any = None  # a dask matrix too large to hold: drawn block by block (lazy_max_pool)
+        self._pool: Any = None  # or its source's own pooling (attrs["attviz_pool"], e.g. attviz.qk)
         self._lazy_range: tuple[float, float] = (0.0, 1.0)
         self._tokens_key: Any = None
         self._window: tuple[float, float, float, float] | None = None  # zoomed-in (x0, x1, y0, y1)
@@ -376,7 +377,9 @@ class MatrixView(View):
             if c1 <= c0 or r1 <= r0:
                 r0, r1, c0, c1 = 0, n_rows, 0, n_cols
         rows, cols = self._pixels()
-        if self._lazy is not None:
+        if self._pool is not None:  # a long q/k document's head: pooled from q and k directly
+            image = self._pool(slice(r0, r1), slice(c0, c1), *pool_factors(r1 - r0, c1 - c0, rows, cols))
+        elif self._lazy is not None:
             image = lazy_max_pool(self._lazy, r0, r1, c0, c1, rows, cols)
         else:
             image = max_pool(values[r0:r1, c0:c1], rows, cols)
@@ -435,6 +438,7 @@ class MatrixView(View):
         data = self._shown()
         large = data is not None and data.chunks is not None and max(data.shape) > self.rasterize_above
         self._lazy = data.data if large else None
+        self._pool = data.attrs.get("attviz_pool") if large else None
         if large:
             self._values = np.zeros((0, 0), dtype=np.float32)
         else:
