@@ -319,7 +319,8 @@ class QKAttention:
             for rows in mine:
                 span = self.span(layer, rows)
                 if span.stop > span.start:
-                    total[span] += _softmax(self.logits(layer, head, rows, span)).sum(axis=0)
+                    weights = self._weights(layer, head, rows, span)  # exp(logits - lse): rows sum to ~1
+                    total[span] += (1.0 / weights.sum(axis=1)) @ weights  # each row renormalised, in one product
             return total
 
         if workers == 1:
