@@ -304,7 +304,7 @@ class Capture:
         document's kept layers and heads as a :class:`QKAttention` (float16 q and k, float32 row
         log-sum-exp) where that is the smaller (``auto``) or asked for (``qk``), else float16
         matrices rebuilt from the float32 q and k (equal to the eager weights within 1e-6)."""
-        from attviz.qk_capture import QKUnavailable, document_qk, log_sum_exp, to_int16, weights
+        from attviz.qk_capture import document_qk, log_sum_exp, weights
 
         policy = self.policy
         cache: dict = {}
@@ -319,6 +319,7 @@ class Capture:
         head_ids = list(policy.heads) if policy.heads is not None else None
         kept_heads = len(head_ids) if head_ids is not None else n_heads
         heads = head_ids if head_ids is not None else slice(None)
+        batch: _BatchQK | None = None  # the kept layers of the whole batch, quantised once
         for b, (n, m) in enumerate(sizes):
             if self.causal is None and kind in ("self", "decoder") and n > 1:
                 self.causal = documents[b][0].rule.causal
@@ -330,41 +331,32 @@ class Capture:
                 len(layers), kept_heads, n, m, layers[0].rule.causal, self.matrix_value_bytes
             )
             if self.attention == "qk" or small:
-                try:
-                    query, query_scale = to_int16(
-                        torch.stack([x.query if head_ids is None else x.query[head_ids] for x in layers])
-                    )
-                    key, key_scale = to_int16(torch.stack([x.key for x in layers]))
-                except QKUnavailable:
-                    query = None  # this document keeps matrices
-                if query is not None:
-                    keys_of = _key_heads(head_ids, n_heads // key_heads)
-                    lse = torch.stack(
-                        [
-                            x.lse[heads].float()
-                            if x.lse is not None
-                            else log_sum_exp(
-                                query[i].float() * query_scale[i, ..., None],
-                                keys_of(key[i].float() * key_scale[i, ..., None]),
-                                x.rule,
-                                x.bias if x.bias is None or head_ids is None else x.bias[head_ids],
-                            )
-                            for i, x in enumerate(layers)
-                        ]
-                    )
+                batch = batch or _BatchQK([calls[i] for i in layer_ids], heads, stream)
+                if batch.finite(b, n, m):  # else this document keeps matrices
+                    lse = batch.lse(b, n)
+                    if lse is None:  # no kernel log-sum-exp (e.g. CUDA, soft-capping): computed here
+                        keys_of = _key_heads(head_ids, n_heads // key_heads)
+                        q, k = batch.dequantized(b, n, m)
+                        lse = HostCopy(
+                            torch.stack(
+                                [
+                                    log_sum_exp(
+                                        q[i], keys_of(k[i]), x.rule, x.bias if x.bias is None else x.bias[heads]
+                                    )
+                                    for i, x in enumerate(layers)
+                                ]
+                            ),
+                            stream,
+                        )
                     bias = None
                     if any(x.bias is not None for x in layers):
                         zero = torch.zeros(n_heads, n + m - 1, device=device)
                         bias = torch.stack([(zero if x.bias is None else x.bias.float()) for x in layers])
-                        if head_ids is not None:
-                            bias = bias[:, head_ids]
+                        bias = HostCopy(bias[:, heads].contiguous(), stream)
                     out[b][kind] = QKAttention(
-                        query=HostCopy(query, stream),
-                        key=HostCopy(key, stream),
-                        query_scale=HostCopy(query_scale, stream),
-                        key_scale=HostCopy(key_scale, stream),
-                        lse=HostCopy(lse.float(), stream),
-                        bias=None if bias is None else HostCopy(bias, stream),
+                        **batch.document(b, n, m),
+                        lse=lse,
+                        bias=bias,
                         rules=[x.rule for x in layers],
                         layers=list(policy.layers) if policy.layers is not None else None,
                         heads=head_ids,
@@ -396,6 +388,50 @@ class Capture:
             lambda b, n, m: self._qk_document(documents[b]),
         )
         return out
+
+
+class _BatchQK:
+    """One kind's kept layers of a whole batch: q and k quantised to int16 with a scale per vector in
+    one pass (a vector's scale is its own, so a document's slice equals quantising it alone), copied to
+    the host once, and sliced per document."""
+
+    def __init__(self, calls: Sequence[Any], heads: Any, stream: Any):
+        from attviz.qk_capture import to_int16_unchecked
+
+        query = torch.stack([c.query[:, heads] for c in calls], dim=1)  # (batch, layer, head, query, dim)
+        key = torch.stack([c.key for c in calls], dim=1)
+        (self.query, self.query_scale), (self.key, self.key_scale) = to_int16_unchecked(query), to_int16_unchecked(key)
+        self._finite = torch.isfinite(self.query_scale).flatten(1).all(1) & torch.isfinite(self.key_scale).flatten(
+            1
+        ).all(1)  # per document of the batch, padding included
+        self._lse = (
+            torch.stack([c.lse[:, heads] for c in calls], dim=1) if all(c.lse is not None for c in calls) else None
+        )
+        self.stream = stream
+        self._copies = {
+            name: HostCopy(getattr(self, name), stream) for name in ("query", "query_scale", "key", "key_scale")
+        }
+        self._lse_copy = None if self._lse is None else HostCopy(self._lse.float(), stream)
+
+    def finite(self, b: int, n: int, m: int) -> bool:
+        if bool(self._finite[b]):
+            return True
+        return bool(
+            torch.isfinite(self.query_scale[b, :, :, :n]).all() and torch.isfinite(self.key_scale[b, :, :, :m]).all()
+        )
+
+    def document(self, b: int, n: int, m: int) -> dict[str, Any]:
+        index = {"query": (b, slice(None), slice(None), slice(0, n)), "key": (b, slice(None), slice(None), slice(0, m))}
+        return {name: Slice(copy, index[name.split("_")[0]]) for name, copy in self._copies.items()}
+
+    def lse(self, b: int, n: int) -> Slice | None:
+        return None if self._lse_copy is None else Slice(self._lse_copy, (b, slice(None), slice(None), slice(0, n)))
+
+    def dequantized(self, b: int, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Document ``b``'s q and k as stored, float32 ``(layer, head, tokens, dim)``."""
+        q = self.query[b, :, :, :n].float() * self.query_scale[b, :, :, :n, None]
+        k = self.key[b, :, :, :m].float() * self.key_scale[b, :, :, :m, None]
+        return q, k
 
 
 def _key_heads(heads: Sequence[int] | None, groups: int) -> Any:

@@ -416,7 +416,7 @@ def _sizes(batch: Sequence[Unit]) -> dict[str, list[tuple[int, int]]]:
 
 
 #: Tokens of the documents the rebuild check runs on (an eager pass costs T² a head).
-CHECK_TOKENS = 256
+CHECK_TOKENS = 128
 
 
 def _check_batch(batch: Sequence[Unit]) -> list[Unit]:

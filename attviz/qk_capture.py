@@ -427,6 +427,15 @@ def to_int16(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(values / scale[..., None]).to(torch.int16), scale
 
 
+def to_int16_unchecked(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`to_int16` of a whole batch without the finiteness check: a vector that is not finite gets
+    a non-finite scale (the caller checks each document's scales)."""
+    values = values.float()
+    scale = values.abs().amax(-1).clamp(min=torch.finfo(torch.float32).tiny) / INT16_MAX
+    q = torch.round(values / scale[..., None]).nan_to_num_(0.0).clamp_(-INT16_MAX, INT16_MAX).to(torch.int16)
+    return q, scale
+
+
 def rounded(values: torch.Tensor) -> torch.Tensor:
     """``values`` as the store gives them back (int16 with a scale per vector), float32."""
     q, scale = to_int16(values)
