@@ -165,8 +165,9 @@ def test_auto_keeps_each_document_in_the_smaller_encoding(tiny_bert, tmp_path):
     """head dim 8: q/k (8·2+4 bytes a vector twice, 4 for the lse) beat float16 matrices from ~24 tokens."""
     model, tokenizer = tiny_bert
     long_text = " ".join(TEXTS)
+    store = tmp_path / "s.zarr"
     corpus = attviz.extract(
-        [TEXTS[4], long_text], model=model, tokenizer=tokenizer, store=tmp_path / "s.zarr", progress=False
+        [TEXTS[4], long_text], model=model, tokenizer=tokenizer, store=store, progress=False, attention="auto"
     )
     short, long = corpus
     assert short.qk() is None and long.qk() is not None
