@@ -380,10 +380,11 @@ class Document:
                 return tokens_of(self.get(kind), "token")
             if role == "matrix":
                 query_stream, key_stream = KIND_STREAMS[kind]
+                kept = _array if hasattr(_array, "key_tokens") else self._qk.get(kind)  # q/k know their tokens
                 if key_stream == stream:
-                    return tokens_of(self.get(kind), "key")
+                    return kept.key_tokens if kept is not None else tokens_of(self.get(kind), "key")
                 if query_stream == stream:
-                    return tokens_of(self.get(kind), "query")
+                    return kept.query_tokens if kept is not None else tokens_of(self.get(kind), "query")
         raise KeyError(f"document {self.id!r} has no {stream!r} tokens")
 
     @property

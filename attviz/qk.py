@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -347,11 +348,14 @@ class QKAttention:
         import dask.array as da
 
         n_layers, n_heads, n_query, n_key = self.shape
-        block = dask.delayed(self.matrix, pure=True)
-        rows = [
-            [da.from_delayed(block(layer, head), shape=(n_query, n_key), dtype=np.float32) for head in range(n_heads)]
-            for layer in range(n_layers)
-        ]
+        block = dask.delayed(self.matrix, pure=False)  # named below: hashing the arrays would cost more
+        token = f"qk-{uuid.uuid4().hex}"
+
+        def cell(layer: int, head: int) -> Any:
+            key = f"{token}-{layer}-{head}"
+            return da.from_delayed(block(layer, head, dask_key_name=key), shape=(n_query, n_key), dtype=np.float32)
+
+        rows = [[cell(layer, head) for head in range(n_heads)] for layer in range(n_layers)]
         values = da.stack([da.stack(row) for row in rows])
         return attention_array(
             values, self.query_tokens, self.key_tokens, layers=self.layers, heads=self.heads, name=self.name
@@ -364,7 +368,8 @@ class QKAttention:
         import dask.array as da
 
         n_query, n_key = self.shape[2:]
-        block = dask.delayed(self.tile, pure=True)
+        block = dask.delayed(self.tile, pure=False)
+        token = f"qk-tile-{uuid.uuid4().hex}-{layer}-{head}"
         rows = []
         for r in range(0, n_query, tile[0]):
             rs = slice(r, min(n_query, r + tile[0]))
@@ -372,7 +377,8 @@ class QKAttention:
             for c in range(0, n_key, tile[1]):
                 cs = slice(c, min(n_key, c + tile[1]))
                 shape = (rs.stop - rs.start, cs.stop - cs.start)
-                cells.append(da.from_delayed(block(layer, head, rs, cs), shape=shape, dtype=np.float32))
+                task = block(layer, head, rs, cs, dask_key_name=f"{token}-{r}-{c}")
+                cells.append(da.from_delayed(task, shape=shape, dtype=np.float32))
             rows.append(cells)
         array = attention_array(
             da.block(rows)[None, None],

@@ -431,9 +431,9 @@ def to_int16_unchecked(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """:func:`to_int16` of a whole batch without the finiteness check: a vector that is not finite gets
     a non-finite scale (the caller checks each document's scales)."""
     values = values.float()
-    scale = values.abs().amax(-1).clamp(min=torch.finfo(torch.float32).tiny) / INT16_MAX
-    q = torch.round(values / scale[..., None]).nan_to_num_(0.0).clamp_(-INT16_MAX, INT16_MAX).to(torch.int16)
-    return q, scale
+    scale = values.abs().amax(-1).clamp_(min=torch.finfo(torch.float32).tiny).div_(INT16_MAX)
+    q = values * scale.reciprocal()[..., None]  # |q| ≤ 32767 + a few ulps: rounds to at most 32767
+    return q.round_().to(torch.int16), scale
 
 
 def rounded(values: torch.Tensor) -> torch.Tensor:

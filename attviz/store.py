@@ -252,7 +252,11 @@ class StoreWriter:
                 continue
             dtype = np.asarray(array).dtype if role in ("query", "key") else np.float32
             attrs = values.stored_attrs() if role == "query" else {}
-            self._array(directory / (kind + suffix), np.asarray(array), dims[role], attrs, dtype=dtype)
+            # int16 q/k are nearly incompressible (lz4 + bitshuffle saves ~2 %): written raw, no codec CPU
+            codec = "none" if role in ("query", "key") else self._codec
+            write_array(
+                directory / (kind + suffix), np.asarray(array), dims[role], attrs, codec, True, dtype, self._written
+            )
 
     def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
         write_array(directory, values, dims, attrs, self._codec, per_first, dtype, self._written)
