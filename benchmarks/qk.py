@@ -53,6 +53,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks.extraction (the random BERT), run as a script or imported
+    sys.path.insert(0, str(ROOT))
 MODES = ("qk", "matrices", "auto")
 BASELINES = ("SDPA forward", "eager forward")
 SPEED_TARGET = 0.9  # qk store speed / SDPA forward speed
@@ -60,10 +62,9 @@ SIZE_TARGET = 5.0  # matrices store bytes / qk store bytes at 512 tokens
 ERROR_TARGET = 1e-3
 BATCH_SIZE = 8
 RANDOM_BERT = "random BERT 6×12 (MiniLM shape)"
+
+
 #: MiniLM's shape (benchmarks/extraction.py SHAPES["minilm"]).
-MINILM_SHAPE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
-
-
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -109,21 +110,11 @@ def sdpa_minilm():
 
 
 def random_bert(positions: int):
-    """``(model, tokenizer)``: a seeded random-weight eager BERT of MiniLM's shape with ``positions``
-    positions and MiniLM's tokenizer (its ``model_max_length`` raised to ``positions``)."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """``(model, tokenizer)``: the seeded random-weight eager BERT of MiniLM's shape that
+    benchmarks/extraction.py builds, with ``positions`` positions and MiniLM's tokenizer."""
+    from benchmarks.extraction import random_bert as shaped
 
-    from attviz.models import bundled_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path(), model_max_length=positions)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        max_position_embeddings=positions,
-        attn_implementation="eager",
-        **MINILM_SHAPE,
-    )
-    return BertModel(config).eval(), tokenizer
+    return shaped("minilm", positions)
 
 
 # -- 1. speed -------------------------------------------------------------------------------------

@@ -4,9 +4,6 @@ reference decoder's, and an 8,192-token document exports without a window and re
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from attviz import Corpus
 from attviz.export import decode_qk_layer, export_html
-from tests.browser.test_export import CELL, TOOLTIP, _Quiet, open_page, settle
+from tests.browser.test_export import CELL, TOOLTIP, open_page, serve_folder, settle
 from tests.test_export import make_doc, parse_page
 from tests.test_export_qk import pooled, qk_doc
 
@@ -39,12 +36,8 @@ SET_HEAD = """async (head) => {
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """``(folder, base URL)``: a folder served over HTTP on 127.0.0.1."""
     folder = tmp_path_factory.mktemp("export-qk-site")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join(timeout=5)
+    for url in serve_folder(folder):
+        yield folder, url
 
 
 def reference(manifest: dict, blobs: dict, d: int, layer: int, head: str) -> np.ndarray:
