@@ -45,6 +45,10 @@ QK_SUFFIXES = {
     "lse": "_qk_lse",
     "bias": "_qk_bias",
 }
+#: The one array a document's kind keeps in a store (``{kind}_qk``) and, where the model adds one, its bias.
+QK_ARRAY, QK_BIAS_ARRAY = "_qk", "_qk_bias"
+#: The parts packed in :data:`QK_ARRAY`'s rows (one row a layer), in order, and their dtypes.
+PACKED = (("query", "<i2"), ("key", "<i2"), ("query_scale", "<f4"), ("key_scale", "<f4"), ("lse", "<f4"))
 #: q and k as int16 with one float32 scale per vector (|x| max / 32767): the same two bytes a value as
 #: float16 but 15 bits of precision for a vector's largest components instead of 11, which is what
 #: a dot product's error follows (MiniLM, 488 tokens: rebuilt weights within 1.6e-4 of eager, against
@@ -54,6 +58,59 @@ INT16_MAX = 32767
 #: Elements of one block of logits computed at once (64 MB of float32).
 BLOCK_ELEMENTS = 1 << 24
 UNLIMITED = -1
+
+
+def pack(values: QKAttention) -> tuple[np.ndarray, list[list]]:
+    """A document kind's q/k as one ``(layer, n)`` int16 array — a row a layer holding its query and key
+    (int16), their scales and the row log-sum-exp (float32 as their little-endian bytes read as int16),
+    each part padded to whole float32 words — and its layout ``[[name, dtype, shape, offset], ...]``
+    (offset and length in int16 words). One array, so a store keeps a document in one shard, one
+    inner chunk per layer."""
+    parts, layout, offset = [], [], 0
+    n_layers = int(values.query.shape[0])
+    for name, dtype in PACKED:
+        array = np.ascontiguousarray(np.asarray(getattr(values, name)), dtype=dtype).reshape(n_layers, -1)
+        words = array.view("<i2")
+        if words.shape[1] % 2:
+            words = np.concatenate([words, np.zeros((n_layers, 1), dtype="<i2")], axis=1)
+        layout.append([name, dtype, list(np.asarray(getattr(values, name)).shape[1:]), offset])
+        parts.append(words)
+        offset += words.shape[1]
+    return np.concatenate(parts, axis=1), layout
+
+
+class PackedPart:
+    """One part (``query``, ``key``, a scale or the lse) of a stored :func:`pack` array, read a layer
+    (one inner chunk) at a time; the rows read are kept, so q and k of a layer cost one read."""
+
+    def __init__(self, array: Any, rows: dict[int, np.ndarray], dtype: str, shape: Sequence[int], offset: int):
+        self.array, self._rows, self.dtype, self.part_shape, self.offset = (
+            array,
+            rows,
+            np.dtype(dtype),
+            tuple(shape),
+            offset,
+        )
+        self.shape = (int(array.shape[0]), *self.part_shape)
+
+    def _row(self, layer: int) -> np.ndarray:
+        if layer not in self._rows:
+            self._rows.clear()  # one layer at a time
+            self._rows[layer] = np.asarray(self.array[layer], dtype="<i2")
+        return self._rows[layer]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if index is Ellipsis:
+            return np.stack([self[layer] for layer in range(self.shape[0])])
+        words = int(np.prod(self.part_shape)) * self.dtype.itemsize // 2
+        row = self._row(int(index))[self.offset : self.offset + words]
+        return row.view(self.dtype).reshape(self.part_shape)
+
+
+def unpack(array: Any, layout: Sequence[Sequence[Any]]) -> dict[str, PackedPart]:
+    """The parts of a stored :func:`pack` array, each read lazily a layer at a time."""
+    rows: dict[int, np.ndarray] = {}
+    return {name: PackedPart(array, rows, dtype, shape, offset) for name, dtype, shape, offset in layout}
 
 
 def band_mask(

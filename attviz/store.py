@@ -59,7 +59,7 @@ from attviz.corpus import (
     vector_array,
 )
 from attviz.errors import StoreError
-from attviz.qk import QK_SUFFIXES, QKAttention
+from attviz.qk import QK_ARRAY, QK_BIAS_ARRAY, QKAttention, pack, unpack
 from attviz.quantize import (  # noqa: F401  (re-exported: the store's quantisation lives there)
     QuantizationError,
     Quantized,
@@ -236,27 +236,18 @@ class StoreWriter:
         self.records[index] = record
 
     def _qk(self, directory: Path, kind: str, values: QKAttention) -> None:
-        """One kind kept as queries and keys: ``{kind}_qk_query`` (with the rebuild's attrs), ``_key``,
-        their scales, ``_lse`` and ``_bias``, each with one inner chunk per layer."""
-        dims = {
-            "query": ("layer", "head", "query", "dim"),
-            "query_scale": ("layer", "head", "query"),
-            "key": ("layer", "key_head", "key", "dim"),
-            "key_scale": ("layer", "key_head", "key"),
-            "lse": ("layer", "head", "query"),
-            "bias": ("layer", "head", "offset"),
-        }
-        for role, suffix in QK_SUFFIXES.items():
-            array = getattr(values, role)
-            if array is None:
-                continue
-            dtype = np.asarray(array).dtype if role in ("query", "key") else np.float32
-            attrs = values.stored_attrs() if role == "query" else {}
-            # int16 q/k are nearly incompressible (lz4 + bitshuffle saves ~2 %): written raw, no codec CPU
-            codec = "none" if role in ("query", "key") else self._codec
-            write_array(
-                directory / (kind + suffix), np.asarray(array), dims[role], attrs, codec, True, dtype, self._written
-            )
+        """One kind kept as queries and keys: ``{kind}_qk``, one int16 shard with an inner chunk per layer
+        packing q, k, their scales and the row log-sum-exp (:func:`attviz.qk.pack`; the rebuild's attrs and
+        the layout in its attrs), written raw (int16 q/k are nearly incompressible), and ``{kind}_qk_bias``
+        where the model adds a relative bias."""
+        packed, layout = pack(values)
+        attrs = {**values.stored_attrs(), "layout": layout}
+        write_array(
+            directory / (kind + QK_ARRAY), packed, ("layer", "packed"), attrs, "none", True, None, self._written
+        )
+        if values.bias is not None:
+            bias = np.asarray(values.bias, dtype=np.float32)
+            self._array(directory / (kind + QK_BIAS_ARRAY), bias, ("layer", "head", "offset"), {}, dtype=np.float32)
 
     def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
         write_array(directory, values, dims, attrs, self._codec, per_first, dtype, self._written)
@@ -540,12 +531,12 @@ class _StoreLoader:
 
     def _qk(self, i: int, group: str, kind: str):
         def load() -> QKAttention:
-            arrays = {}
-            for role, suffix in QK_SUFFIXES.items():
-                name = f"docs/{group}/{kind}{suffix}"
-                if role in ("query", "key", "lse") or name in self.root:
-                    arrays[role] = self.root[name]  # zarr arrays: read one layer (one inner chunk) at a time
-            attrs = dict(arrays["query"].attrs)
+            packed = self.root[f"docs/{group}/{kind}{QK_ARRAY}"]
+            attrs = dict(packed.attrs)
+            arrays: dict[str, Any] = dict(unpack(packed, attrs["layout"]))  # read a layer at a time
+            bias = f"docs/{group}/{kind}{QK_BIAS_ARRAY}"
+            if bias in self.root:
+                arrays["bias"] = self.root[bias]
             query_stream, key_stream = KIND_STREAMS[kind]
             return QKAttention.from_stored(
                 arrays,
