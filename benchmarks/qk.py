@@ -288,7 +288,7 @@ def _doc_kind(folder: Path) -> str:
     if (folder / "docs").is_dir():
         folder = folder / "docs" / "d000000"
     names = {p.name for p in folder.iterdir()}
-    return "qk" if any("_qk_" in n for n in names) else "matrices"
+    return "qk" if any(n.endswith("_qk") for n in names) else "matrices"
 
 
 # -- 2. and 4. the random BERT in a fresh process ---------------------------------------------------
