@@ -340,8 +340,12 @@ def test_a_long_document_is_explored_from_tiles_and_block_wise_vectors(long_doc_
     ex.vector = "attention_from"
     ex.selected_token = 5  # the token colour follows the selected query: one row
     np.testing.assert_allclose(ex.token_vector.values, full[1, 0, 5], atol=1e-6)
-    ex.vector = "entropy"
-    assert "'entropy' needs whole matrices" in ex.notice and "attention_received" in ex.notice
+    ex.vector = "entropy"  # each row's entropy, block by block of rows
+    p = full[1, 0]
+    expected = -(p * np.log(np.where(p > 0, p, 1))).sum(-1)
+    np.testing.assert_allclose(ex.token_vector.values, expected, atol=1e-5)
+    ex.vector = "diagonal"
+    assert "'diagonal' needs whole matrices" in ex.notice and "attention_received" in ex.notice
     ex.head_reduction = "mean"
     assert "show the selected head ('mean'" in ex.notice
     ex.doc_id = long_doc_corpus[1].id  # a short document of the same store: the usual path

@@ -8,7 +8,8 @@ query position q with ``causal=True`` (a decoder's query q sees q + 1 keys; the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import param
@@ -105,6 +106,21 @@ class Entropy(Aggregation):
 
     def apply_torch(self, values: torch.Tensor, *, special: torch.Tensor | None = None) -> torch.Tensor:
         return row_entropy_torch(values, self.normalised, self.causal)
+
+    def apply_qk(self, qk: Any, layer: int, heads: Sequence[int]) -> np.ndarray:
+        """Each query's row entropy from queries and keys, one block of rows at a time (O(block) memory)."""
+        n_query, n_key = qk.shape[2:]
+        step = qk.row_blocks()
+        out = np.empty((len(heads), n_query), dtype=np.float32)
+        for i, head in enumerate(heads):
+            for start in range(0, n_query, step):
+                rows = slice(start, min(n_query, start + step))
+                out[i, rows] = entropy_kernel(qk.rows(layer, head, rows))
+        if self.normalised:
+            count = np.arange(1, n_query + 1, dtype=np.float32) if self.causal else np.float32(n_key)
+            largest = np.log(count)
+            out = np.where(largest > 0, out / np.where(largest > 0, largest, 1.0), 0.0).astype(np.float32)
+        return out
 
 
 class HeadEntropy(Entropy):
