@@ -157,6 +157,8 @@ def extract(
         settings["captures"] = [plugin.spec() for plugin in plugins.values()]
     attrs = _corpus_attrs(loaded, settings, predictor)
     attrs["storage_policy"] = policy.describe()
+    if attention != "matrices" and attrs["storage_policy"].startswith("matrices"):  # q/k where smaller
+        attrs["storage_policy"] = "attention" + attrs["storage_policy"][len("matrices") :]
     estimate = estimate_bytes(loaded, units, policy, attention)
     truncated = sum(u.truncated for u in units)
     if progress:

@@ -53,7 +53,8 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         info["compression_ratio"] = round(raw / stored, 3) if stored and raw else None
     from attviz.store import describe_encoding
 
-    info["matrix_encoding"] = describe_encoding(attrs) or None
+    all_qk = int(attrs.get("qk_documents") or 0) >= len(corpus) > 0
+    info["matrix_encoding"] = None if all_qk else describe_encoding(attrs) or None  # no document keeps matrices
     info["storage_policy"] = attrs.get("storage_policy") or None
     info["attention_encoding"] = describe_attention(attrs, len(corpus))
     return info
@@ -70,7 +71,8 @@ def describe_attention(attrs: dict[str, Any], documents: int) -> str | None:
     parts = [f"mode {mode}"]
     kept = int(attrs.get("qk_documents") or 0)
     if mode != "matrices":
-        parts.append(f"queries/keys ({QK_ENCODING}) for {kept} of {documents} documents, matrices for the rest")
+        rest = ", matrices for the rest" if kept < documents else ""
+        parts.append(f"queries/keys ({QK_ENCODING}) for {kept} of {documents} documents{rest}")
     check = attrs.get("qk_check") or {}
     if check:
         parts.append(
