@@ -164,7 +164,7 @@ def extract(
     if progress:
         note = f"; {truncated} truncated at {max_length} tokens" if truncated else ""
         print(
-            f"attviz: {len(units)} documents{note}; keeping {attrs["storage_policy"]}; estimated size "
+            f"attviz: {len(units)} documents{note}; keeping {attrs['storage_policy']}; estimated size "
             f"{_human(estimate)} ({_kept_as(attention)}, before compression)",
             file=sys.stderr,
         )
