@@ -531,7 +531,13 @@ class _StoreLoader:
 
     def _qk(self, i: int, group: str, kind: str):
         def load() -> QKAttention:
-            packed = self.root[f"docs/{group}/{kind}{QK_ARRAY}"]
+            name = f"docs/{group}/{kind}{QK_ARRAY}"
+            if name not in self.root:
+                raise StoreError(
+                    f"{self.path}: document {group} keeps its {kind!r} attention as queries and keys, but {name} is "
+                    "missing (a store from a development version of attviz?); extract it again"
+                )
+            packed = self.root[name]
             attrs = dict(packed.attrs)
             arrays: dict[str, Any] = dict(unpack(packed, attrs["layout"]))  # read a layer at a time
             bias = f"docs/{group}/{kind}{QK_BIAS_ARRAY}"

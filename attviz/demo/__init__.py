@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from attviz.corpus import Corpus
+from attviz.qk import QK_ARRAY
 from attviz.store import QK_FORMAT_VERSION, is_store
 
 HERE = Path(__file__).parent
@@ -42,7 +43,7 @@ def demo_store_path() -> Path:
     """The cache path of the demo store; its name changes when the texts, the format or the attention
     mode (``$ATTVIZ_ATTENTION``: auto, qk, matrices) change."""
     mode = os.environ.get("ATTVIZ_ATTENTION") or "auto"
-    digest = hashlib.sha256(TEXTS.read_bytes() + LABELS.read_bytes() + f"{QK_FORMAT_VERSION}{mode}".encode())
+    digest = hashlib.sha256(TEXTS.read_bytes() + LABELS.read_bytes() + f"{QK_FORMAT_VERSION}{QK_ARRAY}{mode}".encode())
     return cache_dir() / f"demo-{digest.hexdigest()[:12]}.zarr"
 
 
