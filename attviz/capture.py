@@ -396,11 +396,11 @@ class _BatchQK:
     the host once, and sliced per document."""
 
     def __init__(self, calls: Sequence[Any], heads: Any, stream: Any):
-        from attviz.qk_capture import to_int16_unchecked
+        from attviz.qk_capture import to_int16
 
         query = torch.stack([c.query[:, heads] for c in calls], dim=1)  # (batch, layer, head, query, dim)
         key = torch.stack([c.key for c in calls], dim=1)
-        (self.query, self.query_scale), (self.key, self.key_scale) = to_int16_unchecked(query), to_int16_unchecked(key)
+        (self.query, self.query_scale), (self.key, self.key_scale) = to_int16(query), to_int16(key)
         self._finite = torch.isfinite(self.query_scale).flatten(1).all(1) & torch.isfinite(self.key_scale).flatten(
             1
         ).all(1)  # per document of the batch, padding included

@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from attviz.errors import AttvizError
@@ -62,11 +61,14 @@ class Call:
 
     @property
     def causal_without_mask(self) -> bool:
-        """Whether the kernel applies a causal mask itself (no mask tensor, ``is_causal``; as
-        ``sdpa_attention_forward`` decides)."""
-        flag = self.kwargs.get("is_causal")
-        flag = flag if flag is not None else getattr(self.module, "is_causal", True)
-        return bool(flag) and self.mask is None and self.query.shape[2] > 1
+        return causal_without_mask(self.module, self.kwargs.get("is_causal"), self.mask, self.query.shape[2])
+
+
+def causal_without_mask(module: Any, is_causal: bool | None, mask: torch.Tensor | None, n_query: int) -> bool:
+    """Whether the kernel applies a causal mask itself (no mask tensor, ``is_causal``; as
+    ``sdpa_attention_forward`` decides)."""
+    flag = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    return bool(flag) and mask is None and n_query > 1
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -129,7 +131,7 @@ def _math_attention(module, query, key, value, attention_mask, scaling=None, sof
             scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
         else:
             scores = scores + attention_mask
-    elif Call(module, query, key, None, {"is_causal": kwargs.get("is_causal")}).causal_without_mask:
+    elif causal_without_mask(module, kwargs.get("is_causal"), None, query.shape[2]):
         n, m = scores.shape[-2:]
         upper = torch.ones(n, m, dtype=torch.bool, device=scores.device).triu(1)
         scores = scores.masked_fill(upper, torch.finfo(scores.dtype).min)
@@ -419,17 +421,8 @@ def check_rebuild(
 
 def to_int16(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(int16 values, float32 scale per vector)`` with values ≈ q × scale[..., None] (the store's
-    encoding, :data:`attviz.qk.QK_ENCODING`); QKUnavailable for values that are not finite."""
-    values = values.float()
-    if not bool(torch.isfinite(values).all()):
-        raise QKUnavailable("queries or keys that are not finite")
-    scale = values.abs().amax(-1).clamp(min=torch.finfo(torch.float32).tiny) / INT16_MAX
-    return torch.round(values / scale[..., None]).to(torch.int16), scale
-
-
-def to_int16_unchecked(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`to_int16` of a whole batch without the finiteness check: a vector that is not finite gets
-    a non-finite scale (the caller checks each document's scales)."""
+    encoding, :data:`attviz.qk.QK_ENCODING`). A vector that is not finite gets a non-finite scale (the
+    caller checks the scales of what it keeps)."""
     values = values.float()
     scale = values.abs().amax(-1).clamp_(min=torch.finfo(torch.float32).tiny).div_(INT16_MAX)
     q = values * scale.reciprocal()[..., None]  # |q| ≤ 32767 + a few ulps: rounds to at most 32767
@@ -437,10 +430,8 @@ def to_int16_unchecked(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def rounded(values: torch.Tensor) -> torch.Tensor:
-    """``values`` as the store gives them back (int16 with a scale per vector), float32."""
+    """``values`` as the store gives them back (:func:`to_int16`), float32; QKUnavailable when not finite."""
     q, scale = to_int16(values)
+    if not bool(torch.isfinite(scale).all()):
+        raise QKUnavailable("queries or keys that are not finite")
     return q.float() * scale[..., None]
-
-
-def as_numpy(value: torch.Tensor | None) -> np.ndarray | None:
-    return None if value is None else value.detach().cpu().numpy()
