@@ -10,6 +10,9 @@ sample. For a family of tests (every head, every token type) with the same two g
   correlation 2·U/(n₁n₂) − 1 (Kerby 2014), with a percentile bootstrap confidence interval
   (:func:`bootstrap_delta`, documents resampled within each group; Efron & Tibshirani 1993);
 - :func:`ks_statistic`: the two-sample Kolmogorov–Smirnov statistic sup |F_a − F_b|;
+- :func:`ks_test`: the KS statistic with scipy's p-value; :func:`wilcoxon_paired`: the signed-rank test for
+  the same documents under two models;
+- :func:`weighted_log_odds`: words that separate two groups (Monroe et al. 2008);
 - :func:`benjamini_hochberg`: false-discovery-rate adjusted p-values across the family (Benjamini &
   Hochberg 1995).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import stats
 from scipy.special import ndtr
 from scipy.stats import rankdata
 
@@ -72,12 +76,12 @@ def bootstrap_delta(
     a, b = _groups(a, b)
     rng = np.random.default_rng(seed)
     n1, n2 = a.shape[1], b.shape[1]
-    draws = np.empty((resamples, a.shape[0]))
-    for r in range(resamples):
-        ia, ib = rng.integers(0, n1, n1), rng.integers(0, n2, n2)
-        draws[r] = cliffs_delta(a[:, ia], b[:, ib])
+    ia, ib = rng.integers(0, n1, (resamples, n1)), rng.integers(0, n2, (resamples, n2))
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+    low, high = np.empty(a.shape[0]), np.empty(a.shape[0])
+    for t in range(a.shape[0]):  # every resample of one test at once: the resamples are the rows
+        draws = cliffs_delta(a[t][ia], b[t][ib])
+        low[t], high[t] = np.percentile(draws, [tail, 100 - tail])
     return low, high
 
 
@@ -91,6 +95,55 @@ def ks_statistic(a: Any, b: Any) -> np.ndarray:
         fb = np.searchsorted(y, points, side="right") / len(y)
         out[i] = np.abs(fa - fb).max()
     return out
+
+
+def ks_test(a: Any, b: Any, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``(D, two-sided p)`` of the two-sample Kolmogorov–Smirnov test per test (Smirnov 1939), as scipy's
+    ``ks_2samp`` computes them (``method="auto"``: exact for small samples, asymptotic otherwise)."""
+    a, b = _groups(a, b)
+    result = stats.ks_2samp(a, b, axis=1, method=method)
+    return np.atleast_1d(result.statistic).astype(np.float64), np.atleast_1d(result.pvalue).astype(np.float64)
+
+
+def wilcoxon_paired(a: Any, b: Any) -> np.ndarray:
+    """Two-sided p of the Wilcoxon signed-rank test per test for paired samples (the same documents
+    under two models; Wilcoxon 1945), as scipy's ``wilcoxon`` computes it; 1 where every pair is equal."""
+    a, b = _groups(a, b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need equal shapes, got {a.shape} and {b.shape}")
+    p = np.ones(a.shape[0])
+    differ = (a != b).any(axis=1)
+    if differ.any():
+        with np.errstate(all="ignore"):
+            result = stats.wilcoxon(a[differ], b[differ], axis=1)
+        p[differ] = np.nan_to_num(np.atleast_1d(result.pvalue), nan=1.0)
+    return p
+
+
+def weighted_log_odds(
+    counts_a: Any, counts_b: Any, prior: Any, *, alpha0: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(δ, z)`` per word: the log-odds ratio with an informative Dirichlet prior and its z-score
+    (Monroe, Colaresi & Quinn 2008, "Fightin' Words", eq. 22):
+
+    δ_w = ln((y_aw + α_w) / (n_a + α₀ − y_aw − α_w)) − ln((y_bw + α_w) / (n_b + α₀ − y_bw − α_w)),
+    σ²_w ≈ 1/(y_aw + α_w) + 1/(y_bw + α_w), z_w = δ_w / σ_w,
+
+    with α_w = α₀ · prior_w / Σ prior (α₀ defaults to Σ prior: the prior counts as they are, e.g. the
+    whole corpus's counts).
+    """
+    ya, yb, prior = (np.asarray(x, dtype=np.float64) for x in (counts_a, counts_b, prior))
+    if not (ya.shape == yb.shape == prior.shape):
+        raise ValueError("counts and prior need one value per word each")
+    if (ya < 0).any() or (yb < 0).any() or (prior <= 0).any():
+        raise ValueError("counts must be >= 0 and the prior > 0 for every word")
+    total = prior.sum()
+    alpha0 = total if alpha0 is None else float(alpha0)
+    alpha = alpha0 * prior / total
+    na, nb = ya.sum(), yb.sum()
+    delta = np.log((ya + alpha) / (na + alpha0 - ya - alpha)) - np.log((yb + alpha) / (nb + alpha0 - yb - alpha))
+    sigma = np.sqrt(1 / (ya + alpha) + 1 / (yb + alpha))
+    return delta, delta / sigma
 
 
 def benjamini_hochberg(p: Any) -> np.ndarray:

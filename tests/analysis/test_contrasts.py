@@ -70,3 +70,30 @@ def test_bad_samples_are_clear_errors():
         mann_whitney(np.zeros((2, 0)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="2 tests in the first group, 3"):
         mann_whitney(np.zeros((2, 3)), np.zeros((3, 3)))
+
+
+def test_ks_test_and_paired_wilcoxon_equal_scipy(family):
+    from attviz.analysis import ks_test, wilcoxon_paired
+
+    a, b = family
+    d, p = ks_test(a, b)
+    for i in (0, 20, 39):
+        expected = stats.ks_2samp(a[i], b[i])
+        assert d[i] == pytest.approx(expected.statistic) and p[i] == pytest.approx(expected.pvalue)
+    paired = a[:, :17]
+    p = wilcoxon_paired(paired, b)
+    for i in (5, 30):
+        assert p[i] == pytest.approx(stats.wilcoxon(paired[i], b[i]).pvalue)
+    assert wilcoxon_paired(b, b).tolist() == [1.0] * len(b)  # nothing changed: no evidence of a change
+
+
+def test_weighted_log_odds_by_hand():
+    from attviz.analysis import weighted_log_odds
+
+    # y_a = (10, 0), y_b = (0, 10), prior (10, 10), alpha0 = 20 -> alpha_w = 10, n_a = n_b = 10:
+    # delta_0 = ln(20 / 10) - ln(10 / 20) = 2 ln 2; sigma^2 = 1/20 + 1/10 = 0.15
+    delta, z = weighted_log_odds([10, 0], [0, 10], [10, 10])
+    np.testing.assert_allclose(delta, [2 * np.log(2), -2 * np.log(2)])
+    np.testing.assert_allclose(z, [2 * np.log(2) / np.sqrt(0.15), -2 * np.log(2) / np.sqrt(0.15)])
+    with pytest.raises(ValueError):
+        weighted_log_odds([1, -1], [0, 1], [1, 1])
