@@ -25,6 +25,14 @@ def explore(corpus=None, **params):
     return _explore(corpus, **params)
 
 
+def corpus_statistics(corpus, **kwargs):
+    """The corpus's head atlas, token values and head similarity, computed with dask and cached in the
+    store; see :func:`attviz.analysis.engine.corpus_statistics`."""
+    from attviz.analysis.engine import corpus_statistics as _statistics
+
+    return _statistics(corpus, **kwargs)
+
+
 def load_model(*args, **kwargs):
     """Load a model with eager attention; see :func:`attviz.models.load_model`."""
     from attviz.models import load_model as _load_model
@@ -43,6 +51,7 @@ __all__ = [
     "StoreError",
     "__version__",
     "attention_array",
+    "corpus_statistics",
     "explore",
     "extension",
     "extract",

@@ -9,6 +9,7 @@
 - :mod:`attviz.analysis.qkspace`: one head's queries and keys in a joint 2-D projection (AttentionViz).
 """
 
+from attviz.analysis.atlas import HEAD_METRICS, document_head_metrics, induction_scores, pattern_class
 from attviz.analysis.contrasts import (
     benjamini_hochberg,
     bootstrap_delta,
@@ -19,18 +20,40 @@ from attviz.analysis.contrasts import (
     weighted_log_odds,
     wilcoxon_paired,
 )
+from attviz.analysis.differences import class_ranking, compare_stores, contrast, log_values, qq_data, token_log_odds
 from attviz.analysis.engine import CorpusStatistics, StatisticsError, corpus_statistics
+from attviz.analysis.qkspace import QKSpace, normalise_qk, qk_space, qk_vectors
+from attviz.analysis.similarity import aufuji, aufuji_matrix, cluster_order, fuji_curve, js_distance
 
 __all__ = [
+    "HEAD_METRICS",
     "CorpusStatistics",
+    "QKSpace",
     "StatisticsError",
+    "aufuji",
+    "aufuji_matrix",
     "benjamini_hochberg",
     "bootstrap_delta",
+    "class_ranking",
     "cliffs_delta",
+    "cluster_order",
+    "compare_stores",
+    "contrast",
     "corpus_statistics",
+    "document_head_metrics",
+    "fuji_curve",
+    "induction_scores",
+    "js_distance",
     "ks_statistic",
     "ks_test",
+    "log_values",
     "mann_whitney",
+    "normalise_qk",
+    "pattern_class",
+    "qk_space",
+    "qk_vectors",
+    "qq_data",
+    "token_log_odds",
     "weighted_log_odds",
     "wilcoxon_paired",
 ]

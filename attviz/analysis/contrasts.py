@@ -19,6 +19,7 @@ sample. For a family of tests (every head, every token type) with the same two g
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -101,7 +102,9 @@ def ks_test(a: Any, b: Any, *, method: str = "auto") -> tuple[np.ndarray, np.nda
     """``(D, two-sided p)`` of the two-sample Kolmogorov–Smirnov test per test (Smirnov 1939), as scipy's
     ``ks_2samp`` computes them (``method="auto"``: exact for small samples, asymptotic otherwise)."""
     a, b = _groups(a, b)
-    result = stats.ks_2samp(a, b, axis=1, method=method)
+    with warnings.catch_warnings():  # "exact calculation unsuccessful, switching to asymp": scipy's own choice
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ks_2samp(a, b, axis=1, method=method)
     return np.atleast_1d(result.statistic).astype(np.float64), np.atleast_1d(result.pvalue).astype(np.float64)
 
 
