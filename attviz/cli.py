@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write even if the estimated size exceeds free disk")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repository")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="shard the documents over a dask.distributed cluster (e.g. tcp://host:8786): each worker loads "
+        "the model once (--device there; auto takes its GPU) and writes its documents into the store, which "
+        "must be a path every worker sees",
+    )
 
     p = sub.add_parser(
         "info",
@@ -208,11 +216,18 @@ def _extract(args: argparse.Namespace) -> int:
         vectors=tuple(_split_specs(args.vectors)),
         summary=args.summary,
     )
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    if args.scheduler:  # the workers load it by name or path; extract() loads it here on the CPU
+        loaded = args.model
+    else:
+        loaded = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     descriptions = ZeroShotClassifier.from_file(args.label_descriptions) if args.label_descriptions else None
     corpus = extract(
         data.texts,
         model=loaded,
+        device=args.device,
+        dtype=args.dtype if args.scheduler else None,  # (a loaded model's settings have always said float32)
+        trust_remote_code=args.trust_remote_code,
+        scheduler=args.scheduler,
         ids=data.ids,
         labels=data.labels,
         targets=data.targets,

@@ -73,6 +73,9 @@ def extract(
     policy: StoragePolicy | None = None,
     captures: str | Sequence[Any] | None = None,
     attention: str | None = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Corpus:
     """Extract the attention of ``model`` over ``texts`` into a :class:`Corpus`.
 
@@ -120,9 +123,23 @@ def extract(
         cannot be rebuilt (e.g. DeBERTa, which never calls the interface) keeps matrices under
         ``auto`` (the reason is printed and kept in ``corpus.attrs["attention_fallback"]``) and
         fails under ``qk``.
+    client, scheduler
+        Shard the documents over the workers of a dask.distributed cluster (:mod:`attviz.distributed`): a
+        ``distributed.Client``, or the scheduler's address (``"tcp://host:8786"``). Each worker loads the
+        model once (by its name or path, on ``device`` there: ``"auto"`` takes its GPU) and writes its
+        documents into ``store`` (a local path every worker sees); this process tokenises, plans the
+        batches, shows the progress and finalizes the store. Needs ``store`` and a model name or path.
+    trust_remote_code
+        Allow code from the model repository when loading ``model`` by name or path.
     """
     attention = attention or os.environ.get("ATTVIZ_ATTENTION") or "auto"
-    loaded = _loaded(model, tokenizer, device, dtype)
+    cluster = None
+    if client is not None or scheduler is not None:
+        from attviz import distributed
+
+        cluster = distributed.Cluster(client, scheduler, model, store)
+        device, model_device = "cpu", device  # here only to tokenise and describe; the workers run it
+    loaded = _loaded(model, tokenizer, device, dtype, trust_remote_code)
     texts = _check_texts(texts)
     ids = _check_ids(ids, len(texts))
     labels = _check_parallel(labels, len(texts), "labels")
@@ -194,20 +211,33 @@ def extract(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(units), initial=len(units) - len(todo), unit="doc", desc="extracting", disable=not progress)
-    if predictor is not None:
+    if predictor is not None and cluster is None:
         predictor.prepare(loaded)
     finished = len(units) - len(todo)
+
+    def advance(n: int) -> None:
+        nonlocal finished
+        bar.update(n)
+        finished += n
+        if callback is not None:
+            callback(finished, len(units))
+
     try:
-        for batch in batches:
-            sink.write_batch(run_batch(loaded, batch, predictor, capture))
-            bar.update(len(batch))
-            finished += len(batch)
-            if callback is not None:
-                callback(finished, len(units))
+        if cluster is not None:
+            job = cluster.job(
+                loaded, model_device, dtype, trust_remote_code, sink, predictor, captures, capture, batches
+            )
+            cluster.run(job, batches, sink, capture, advance)
+        else:
+            for batch in batches:
+                sink.write_batch(run_batch(loaded, batch, predictor, capture))
+                advance(len(batch))
         sink.drain()
     except BaseException as exc:
         sink.abort()
         bar.close()
+        if cluster is not None:
+            cluster.close()
         if isinstance(exc, KeyboardInterrupt) and store is not None:
             raise ExtractionInterrupted(
                 f"interrupted after {len(sink.done)} of {len(units)} documents; they are kept in "
@@ -215,6 +245,8 @@ def extract(
             ) from exc
         raise
     bar.close()
+    if cluster is not None:
+        cluster.close()
     attrs["causal"] = int(bool(capture.causal))
     attrs.update(_attention_attrs(capture))
     if progress and capture.fallback:
@@ -226,11 +258,11 @@ def extract(
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _loaded(model: Any, tokenizer: Any, device: str, dtype: str | None) -> LoadedModel:
+def _loaded(model: Any, tokenizer: Any, device: str, dtype: str | None, trust_remote_code: bool = False) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
     if model is None or isinstance(model, str | os.PathLike):
-        return load_model(model, device=device, dtype=dtype)
+        return load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         raise AttvizError("pass the tokenizer together with a loaded model")
     return prepare_model(model, tokenizer, device=device)
@@ -314,8 +346,12 @@ def run_batch(
     batch: Sequence[Unit],
     predictor: ZeroShotClassifier | None = None,
     capture: Capture | None = None,
+    check_batch: Sequence[Unit] | None = None,
 ):
     """Forward one batch; return ``(unit, {array name: host value}, probabilities or None)`` per unit.
+
+    ``check_batch``: where the once-per-job q/k rebuild check runs (default: this batch; a worker of a
+    distributed job passes the job's first batch, so that every worker checks what a single process would).
 
     The arrays are what ``capture``'s storage policy keeps (default: every float16 matrix, as
     ``"self"`` or ``"encoder"``/``"decoder"``/``"cross"``), possibly still being copied from the
@@ -343,7 +379,7 @@ def run_batch(
             from attviz.qk_capture import QKUnavailable
 
             try:
-                out = _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture, arrays)
+                out = _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture, arrays, check_batch)
             except QKUnavailable as exc:
                 if capture.attention == "qk":
                     raise AttvizError(f"cannot keep queries and keys of {loaded.name}: {exc}") from exc
@@ -440,7 +476,9 @@ def _implementation(loaded: LoadedModel, name: str):
     return implementation(loaded.model, name)
 
 
-def _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture: Capture, arrays: list[dict[str, Any]]) -> Any:
+def _forward_qk(
+    loaded, batch, kwargs, kinds, sizes, specials, capture: Capture, arrays: list[dict[str, Any]], check_batch=None
+) -> Any:
     """The model's fast forward pass with queries and keys recorded through the attention interface;
     fills ``arrays`` per document; the first batch is checked against eager weights (QKUnavailable)."""
     from attviz.qk_capture import ATTENTION_NAME, QKUnavailable, assign, check_rebuild, recording, uses_interface
@@ -448,7 +486,7 @@ def _forward_qk(loaded, batch, kwargs, kinds, sizes, specials, capture: Capture,
     if not uses_interface(loaded.model):
         raise QKUnavailable(f"{type(loaded.model).__name__} never calls transformers' attention interface")
     if capture.check is None:  # once per job, on a short padded batch
-        check = _check_batch(batch)
+        check = _check_batch(check_batch or batch)
         capture.check = check_rebuild(
             loaded,
             _inputs(loaded, check, capture)[0],

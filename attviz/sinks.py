@@ -128,9 +128,13 @@ class StoreSink(Sink):
         return self.writer.done
 
     def _write(self, results: list) -> None:
-        for unit, arrays, probs in results:
-            values, attrs = self.host_arrays(arrays)
-            self.writer.write(unit.index, _row(unit, probs, self.label_names), _unit_tokens(unit), values, attrs)
+        _write_documents(self, self.writer, results)
+        self.writer.flush()
+
+    def add_records(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Count documents that writers in other processes (:class:`PartialSink`) wrote as finished."""
+        for record in records:
+            self.writer.add_record(record)
         self.writer.flush()
 
     def write_batch(self, results: list) -> None:
@@ -155,3 +159,42 @@ class StoreSink(Sink):
         self.pool.shutdown(wait=True)
         self.writer.finalize(attrs, label_names)
         return Corpus.open(self.store)
+
+
+class PartialSink(Sink):
+    """Writes documents into the unfinished store of a :class:`StoreSink` in another process (a worker of a
+    distributed extraction, :mod:`attviz.distributed`): each document is moved into ``docs/`` whole, and
+    nothing shared is written; :meth:`write_batch` returns the progress records, for the owner's
+    :meth:`StoreSink.add_records`. Writes in the calling thread."""
+
+    def __init__(
+        self,
+        store: str | os.PathLike,
+        compression: str,
+        policy: StoragePolicy | None = None,
+        label_names: Sequence[str] = (),
+        extra_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        name: str = "",
+    ):
+        self.policy = policy or StoragePolicy()
+        self.writer = StoreWriter.attach(store, compression=compression, name=name)
+        self.label_names = label_names
+        self.extra_attrs = dict(extra_attrs or {})
+        self.done = set()
+
+    def write_batch(self, results: list) -> list[dict[str, Any]]:  # type: ignore[override]
+        records = _write_documents(self, self.writer, results)
+        self.done.update(int(r["index"]) for r in records)
+        return records
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+def _write_documents(sink: Sink, writer: StoreWriter, results: list) -> list[dict[str, Any]]:
+    """Write ``run_batch``'s results with ``writer``; their progress records."""
+    records = []
+    for unit, arrays, probs in results:
+        values, attrs = sink.host_arrays(arrays)
+        records.append(writer.write(unit.index, _row(unit, probs, sink.label_names), _unit_tokens(unit), values, attrs))
+    return records

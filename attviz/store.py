@@ -86,6 +86,8 @@ QUANTIZED_FORMAT_VERSION = 2  # uint8 stores: an attviz that reads only format 1
 QK_FORMAT_VERSION = 3  # stores with documents kept as queries and keys (attviz.qk)
 READABLE_VERSION = 3
 PROGRESS = "progress.jsonl"
+#: Where writers in other processes (:meth:`StoreWriter.attach`) build a document before moving it into ``docs/``.
+STAGING = ".staging"
 COMPRESSION = ("lz4", "zstd", "none", "uint8")
 DEFAULT_COMPRESSION = "lz4"
 SETTINGS = "settings.json"
@@ -173,10 +175,43 @@ class StoreWriter:
             write_json(self.partial / "docs" / "zarr.json", group_meta())
             settings_file.write_text(json.dumps(settings))  # last: a job without it starts afresh
         self._progress = open(self.partial / PROGRESS, "a", encoding="utf-8")  # noqa: SIM115
+        self._staging: Path | None = None
+
+    @classmethod
+    def attach(cls, path: str | os.PathLike, *, compression: str = DEFAULT_COMPRESSION, name: str = "") -> StoreWriter:
+        """A writer of documents only, into the ``PATH.partial`` another :class:`StoreWriter` created and
+        finalizes (a worker process of a distributed extraction).
+
+        It touches nothing shared: each document is built under ``.staging/NAME-PID/`` and moved into
+        ``docs/`` whole, and its progress record is not written but returned by :meth:`write`, for the
+        owning writer's :meth:`add_record`.
+        """
+        if compression not in COMPRESSION:
+            raise StoreError(f"compression must be one of {COMPRESSION}, not {compression!r}")
+        self = cls.__new__(cls)
+        self.compression = compression
+        self._codec = "zstd" if compression == "uint8" else compression
+        self.path = Path(path)
+        self.partial = partial_path(self.path)
+        if not (self.partial / "docs").is_dir():
+            raise StoreError(f"{self.partial} is not an unfinished store being written (no docs/ in it)")
+        self.overwrite = False
+        self.records = {}
+        self._written = {}
+        self._progress = None
+        self._staging = self.partial / STAGING / f"{name or 'writer'}-{os.getpid()}"
+        self._staging.mkdir(parents=True, exist_ok=True)
+        return self
 
     @property
     def done(self) -> set[int]:
         return set(self.records)
+
+    def add_record(self, record: Mapping[str, Any]) -> None:
+        """Count a document another process wrote (the record its :meth:`write` returned) as finished."""
+        record = dict(record)
+        self._progress.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
+        self.records[int(record["index"])] = record
 
     def write(
         self,
@@ -185,14 +220,15 @@ class StoreWriter:
         tokens: Mapping[str, pd.DataFrame],
         arrays: Mapping[str, np.ndarray | Quantized],
         array_attrs: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> None:
-        """Write one document: its table row, token tables per stream and arrays per kind.
+    ) -> dict[str, Any]:
+        """Write one document: its table row, token tables per stream and arrays per kind; return its
+        progress record.
 
         A matrix may come already quantised (:class:`Quantized`, e.g. from the device) when the
         writer's compression is ``"uint8"``.
         """
         name = group_name(index)
-        directory = self.partial / "docs" / name
+        directory = (self._staging or self.partial / "docs") / name
         if directory.exists():  # left by a crash in the middle of this document
             shutil.rmtree(directory)
         directory.mkdir()
@@ -232,8 +268,12 @@ class StoreWriter:
             record["error"] = error
         if qk_kinds:
             record["qk"] = qk_kinds
+        if self._staging is not None:  # another process's writer owns the progress file
+            _publish(directory, self.partial / "docs" / name)
+            return record
         self._progress.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
         self.records[index] = record
+        return record
 
     def _qk(self, directory: Path, kind: str, values: QKAttention) -> None:
         """One kind kept as queries and keys: ``{kind}_qk``, one int16 shard with an inner chunk per layer
@@ -254,10 +294,16 @@ class StoreWriter:
 
     def flush(self) -> None:
         """Make the progress of finished documents durable (called once per batch)."""
+        if self._progress is None:
+            return
         self._progress.flush()
         os.fsync(self._progress.fileno())
 
     def close(self) -> None:
+        if self._progress is None:
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+            return
         if not self._progress.closed:
             self.flush()
             self._progress.close()
@@ -308,6 +354,7 @@ class StoreWriter:
         }
         (self.partial / PROGRESS).unlink()
         (self.partial / SETTINGS).unlink()
+        shutil.rmtree(self.partial / STAGING, ignore_errors=True)  # what attached writers left
         consolidate(self.partial, {"attviz": info}, self._written)
         _replace_dir(self.partial, self.path)
         return self.path
@@ -348,6 +395,20 @@ def _replace_dir(source: Path, target: Path) -> None:
     os.replace(source, target)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def _publish(staged: Path, target: Path) -> None:
+    """Move a document built in a staging directory to ``docs/`` in one rename. A copy already there
+    (a task that ran twice, or a crash before its record reached the progress file) is replaced; if
+    another writer publishes the same document meanwhile, its copy (the same document) stays."""
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        os.replace(staged, target)
+    except OSError:
+        if not (target / "zarr.json").exists():
+            raise
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _read_progress(path: Path) -> dict[int, dict[str, Any]]:

@@ -58,6 +58,7 @@ class Settings:
     epsilon: float = 0.3  # attention-sink threshold (Gu et al. 2024)
     similarity_documents: int = SIMILARITY_DOCUMENTS
     seed: int = 0
+    induction: bool = False  # induction scores from the corpus's own model (causal models)
 
     def key(self) -> str:
         blob = json.dumps({"engine": ENGINE_VERSION, **self.__dict__}, sort_keys=True)
@@ -105,6 +106,8 @@ class CorpusStatistics:
             frame["offset"] = np.asarray(offset).ravel()
             frame["offset_weight"] = np.asarray(weight).ravel()
         frame["pattern"] = np.asarray(pattern_class(means)).ravel()
+        if "induction" in self.heads:
+            frame["induction"] = self.heads["induction"].values.ravel()
         self._cache["atlas"] = frame
         return frame
 
@@ -267,6 +270,8 @@ def corpus_statistics(
     epsilon: float = 0.3,
     similarity_documents: int = SIMILARITY_DOCUMENTS,
     seed: int = 0,
+    induction: bool | None = None,
+    model: Any = None,
     client: Any = None,
     scheduler: str | None = None,
     workers: int = 1,
@@ -276,7 +281,10 @@ def corpus_statistics(
     """Compute (or open from the store's ``stats/`` cache) the per-document statistics of ``corpus``.
 
     ``client``: a ``dask.distributed.Client``; ``scheduler``: its address (``tcp://host:8786``); neither:
-    local threads (``workers`` of them; one by default: a document's work is mostly small numpy blocks
+    ``induction``: add each head's induction score (Olsson et al. 2022: the prefix-matching score on
+    repeated random tokens, :func:`attviz.analysis.atlas.induction_scores`) from ``model`` or the model the
+    corpus records; None: for causal models, skipped with a note in ``problems`` when it cannot load.
+    Neither: local threads (``workers`` of them; one by default: a document's work is mostly small numpy blocks
     and zarr decoding under the GIL, and two threads measured slower than one on the demo corpus — a
     cluster of processes is the way to scale). ``progress``: a tqdm bar on stderr (True) or a callback
     ``(done, total)``. Returns :class:`CorpusStatistics`.
@@ -287,6 +295,7 @@ def corpus_statistics(
         epsilon=float(epsilon),
         similarity_documents=int(similarity_documents),
         seed=int(seed),
+        induction=bool(corpus.attrs.get("causal")) if induction is None else bool(induction),
     )
     _aggregation(aggregation)  # a wrong id fails here, before any task
     documents = corpus.table
@@ -302,12 +311,38 @@ def corpus_statistics(
     sampled = set(rng.choice(n, size=min(n, similarity_documents), replace=False).tolist())
     results = _run(corpus, settings, sampled, client=client, scheduler=scheduler, workers=workers, progress=progress)
     stats = _assemble(results, settings, documents)
+    if settings.induction:
+        try:
+            scores = _induction(corpus, model)
+        except AttvizError as exc:
+            if induction:  # asked for: say why not
+                raise
+            stats.problems.append(f"no induction scores: {exc}")
+        else:
+            layers, heads = stats.heads["layer"].values, stats.heads["head"].values  # a policy may keep some
+            if layers.max() >= scores.shape[0] or heads.max() >= scores.shape[1]:
+                stats.problems.append(f"no induction scores: the model has {scores.shape} layers × heads")
+            else:
+                stats.heads["induction"] = (("layer", "head"), scores[np.ix_(layers, heads)])
     if cache and path:
         try:
             save_statistics(path, stats)
         except OSError as exc:  # a read-only store still gets its statistics, just not cached
             stats.problems.append(f"statistics not cached in {path}: {exc}")
     return stats
+
+
+def _induction(corpus, model: Any) -> np.ndarray:
+    """Induction scores ``(layer, head)`` of every head of the corpus's model (``model``: a loaded model, a
+    name or path, or None: the model the corpus records)."""
+    from attviz.analysis.atlas import induction_scores
+    from attviz.analysis.qkspace import _loaded_model, _recorded_model
+
+    if model is None:
+        loaded = _recorded_model(corpus, "induction scores need the model")
+    else:
+        loaded = model if hasattr(model, "config") else _loaded_model(model, None)
+    return induction_scores(getattr(loaded, "model", loaded))
 
 
 def _run(corpus, settings: Settings, sampled: set[int], *, client, scheduler, workers, progress) -> list[dict]:

@@ -201,3 +201,20 @@ def test_documents_frame_has_the_table(stats):
     top = stats.top_documents(0, 1, "sink", n=3)
     assert len(top) >= 3 and {"rank", "id", "index", "label"} <= set(top.columns)
     assert top["rank"].str.startswith("decile").any()
+
+
+def test_a_decoder_corpus_gets_induction_scores_from_its_model(tiny_gpt2):
+    from attviz import extract
+    from attviz.analysis.atlas import induction_scores
+
+    model, tokenizer = tiny_gpt2
+    corpus = extract(["one two three four", "five six seven eight nine"], model=model, tokenizer=tokenizer)
+    assert corpus.attrs.get("causal")
+    stats = corpus_statistics(corpus, model=model)
+    atlas = stats.atlas()
+    expected = induction_scores(model)
+    np.testing.assert_allclose(atlas["induction"].to_numpy(), expected.ravel())
+    # causal attention: the entropy of row i is normalised by ln(i + 1), so it stays within [0, 1]
+    assert ((atlas["entropy"] >= 0) & (atlas["entropy"] <= 1 + 1e-6)).all()
+    # an encoder corpus gets none unless asked
+    assert "induction" not in corpus_statistics(synthetic_corpus(6)).atlas()
