@@ -218,3 +218,19 @@ def test_a_decoder_corpus_gets_induction_scores_from_its_model(tiny_gpt2):
     assert ((atlas["entropy"] >= 0) & (atlas["entropy"] <= 1 + 1e-6)).all()
     # an encoder corpus gets none unless asked
     assert "induction" not in corpus_statistics(synthetic_corpus(6)).atlas()
+
+
+def test_a_qk_store_gives_the_numbers_of_its_rebuilt_matrices(tiny_bert, tmp_path):
+    from attviz import extract
+
+    model, tokenizer = tiny_bert
+    texts = ["the cat sat on the mat.", "a dog ran far away. it came home!", "hello world"]
+    qk = extract(texts, model=model, tokenizer=tokenizer, attention="qk", store=tmp_path / "qk.zarr")
+    assert all(doc.qk() is not None for doc in qk)
+    fast = corpus_statistics(qk, cache=False)
+    rebuilt = Corpus(
+        [Document(id=d.id, text=d.text, arrays={"self": d.attention.compute()}, label=d.label) for d in qk]
+    )
+    slow = corpus_statistics(rebuilt, cache=False)
+    xr.testing.assert_allclose(fast.heads, slow.heads, rtol=1e-5, atol=1e-6)
+    xr.testing.assert_allclose(fast.tokens, slow.tokens, rtol=1e-5, atol=1e-6)
