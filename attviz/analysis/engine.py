@@ -166,6 +166,30 @@ class CorpusStatistics:
         grouped = grouped[grouped["documents"] >= min_documents]
         return grouped.sort_values("mean", ascending=False).head(n).reset_index()
 
+    def fuji(self, *, max_entries: int = 5000, step: int | str = "exp") -> xr.DataArray:
+        """Head–head AUFuji: the area under the FUJI curve of two heads' rankings of the same token
+        occurrences (per document and token type, a seeded sample of ``max_entries``), as the original
+        AttViz's commented-out head-similarity heatmap did (Petković et al. 2021; see
+        :func:`attviz.analysis.similarity.aufuji_matrix`). 1: the same ranking; flat head indices."""
+        key = ("fuji", max_entries, step)
+        if key not in self._cache:
+            from attviz.analysis.similarity import aufuji_matrix
+
+            values = self.tokens["value"].values
+            n = values.shape[0]
+            rng = np.random.default_rng(self.settings.seed)
+            chosen = np.sort(rng.choice(n, size=min(n, max_entries), replace=False))
+            scores = np.clip(values[chosen].reshape(len(chosen), -1).T, 0, None)  # (heads, entries)
+            flat = np.arange(scores.shape[0])
+            self._cache[key] = xr.DataArray(
+                aufuji_matrix(scores, step=step),
+                dims=("head_a", "head_b"),
+                coords={"head_a": flat, "head_b": flat},
+                name="aufuji",
+                attrs={"long_name": "area under the FUJI curve", "units": "1", "entries": len(chosen)},
+            )
+        return self._cache[key]
+
     def head_order(self) -> np.ndarray | None:
         """The flat head indices (layer · H + head) in the similarity clustering's leaf order."""
         if self.similarity is None:

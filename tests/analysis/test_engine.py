@@ -234,3 +234,14 @@ def test_a_qk_store_gives_the_numbers_of_its_rebuilt_matrices(tiny_bert, tmp_pat
     slow = corpus_statistics(rebuilt, cache=False)
     xr.testing.assert_allclose(fast.heads, slow.heads, rtol=1e-5, atol=1e-6)
     xr.testing.assert_allclose(fast.tokens, slow.tokens, rtol=1e-5, atol=1e-6)
+
+
+def test_fuji_similarity_ranks_the_same_token_occurrences(stats):
+    from attviz.analysis.similarity import aufuji
+
+    fuji = stats.fuji()
+    assert fuji.shape == (6, 6)
+    np.testing.assert_allclose(np.diag(fuji.values), 1.0)
+    values = stats.tokens["value"].values  # fewer entries than max_entries: all of them, in order
+    a, b = values[:, 0, 0], values[:, 1, 2]  # flat heads 0 and 5
+    assert fuji.values[0, 5] == pytest.approx(aufuji(a, b, step="exp"))
