@@ -48,7 +48,8 @@ def demo_store_path() -> Path:
 
 
 def demo_corpus(*, rebuild: bool = False, progress: bool = True) -> Corpus:
-    """The demo corpus, extracted with the bundled all-MiniLM-L6-v2 on first use and cached."""
+    """The demo corpus, extracted with the bundled all-MiniLM-L6-v2 on first use and cached (with its
+    corpus statistics)."""
     path = demo_store_path()
     if rebuild or not is_store(path):
         from attviz.extract import extract
@@ -63,4 +64,7 @@ def demo_corpus(*, rebuild: bool = False, progress: bool = True) -> Corpus:
             overwrite=rebuild or path.exists(),
             progress=progress,
         )
+        from attviz.analysis.engine import corpus_statistics
+
+        corpus_statistics(Corpus.open(path), progress=progress)  # cached in the store: the Corpus tab opens at once
     return Corpus.open(path)
