@@ -57,6 +57,11 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
     info["matrix_encoding"] = None if all_qk else describe_encoding(attrs) or None  # no document keeps matrices
     info["storage_policy"] = attrs.get("storage_policy") or None
     info["attention_encoding"] = describe_attention(attrs, len(corpus))
+    info["statistics"] = []
+    if corpus.path:
+        from attviz.analysis.engine import cached_settings
+
+        info["statistics"] = sorted({s.aggregation for s in cached_settings(corpus.path)})
     return info
 
 
@@ -114,6 +119,8 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"matrices    {info['matrix_encoding']}")
     if info.get("attention_encoding"):
         lines.append(f"kept as     {info['attention_encoding']}")
+    if info.get("statistics"):
+        lines.append(f"statistics  cached for {', '.join(info['statistics'])} (attviz stats)")
     return "\n".join(lines)
 
 
