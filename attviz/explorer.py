@@ -13,10 +13,12 @@ The Panel layout, and how views are bound to these parameters, is :mod:`attviz.l
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,9 @@ OUTPUTS = (
     "token_vector",
     "head_summary",
     "other_matrix",
+    "current_corpus",
+    "corpus_statistics",
+    "corpus_status",
 )
 
 
@@ -75,6 +80,19 @@ class Explorer(SessionActions, DocumentReader):
     head_summary = _output(xr.DataArray, "(layer, head, statistic): statistics of every head.")
     table = _output(pd.DataFrame, "The corpus table.")
     other_matrix = _output(xr.DataArray, "The comparison document's (query, key).")
+    current_corpus = _output(Corpus, "The corpus explored (the one named by `source`).")
+    corpus_statistics = param.Parameter(
+        default=None,
+        precedence=-1,
+        doc="The corpus statistics of the explored corpus (an attviz.analysis.engine.CorpusStatistics), computed in "
+        "the background only while a visible view needs them (see `corpus_status`).",
+    )
+    corpus_status = param.String(
+        default="",
+        precedence=-1,
+        doc="Why the corpus statistics are not shown: being computed (with the progress), or why they cannot be "
+        "('' when they are shown or not asked for).",
+    )
     text = param.String(default="", precedence=-1, doc="The document's original text.")
     label = param.String(default="", precedence=-1, doc="The corpus and document shown.")
     other_label = param.String(default="", precedence=-1, doc="The corpus and document compared with.")
@@ -102,6 +120,7 @@ class Explorer(SessionActions, DocumentReader):
         self._lock = threading.RLock()
         self._upload_dir = None
         self._problems: dict[str, str] = {}  # document id -> why its matrices could not be recomputed
+        self._statistics_callback: Callable[[], None] | None = None
         self.live_model: Any = params.pop("live_model", None)
         if corpus is not None:
             params["corpora"] = as_corpora(corpus)
@@ -137,6 +156,8 @@ class Explorer(SessionActions, DocumentReader):
             self.param.update(**{k: v for k, v in changed.items() if not _same(getattr(self, k), v)})
 
     def _wanted(self, name: str) -> bool:
+        if name in ON_REQUEST:  # heavy corpus-wide work: only when a visible view names it
+            return self.needed is not None and name in self.needed
         return self.needed is None or name in self.needed
 
     def _outputs(self, notes: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -153,6 +174,9 @@ class Explorer(SessionActions, DocumentReader):
         corpus_key = (self.source, Ref(corpus), len(corpus) if corpus is not None else 0)
         if self._wanted("table"):
             out["table"] = (corpus_key, self._cache.get("table", corpus_key, lambda: corpus.table if corpus else None))
+        out["current_corpus"] = (corpus_key, corpus)
+        if self._wanted("corpus_statistics"):
+            self._statistics_outputs(out, corpus, corpus_key)
         doc = self.find_document(self.source, self.doc_id)
         doc_key = (corpus_key, self.doc_id, Ref(doc))
         out["document"] = (doc_key, doc)
@@ -331,6 +355,68 @@ class Explorer(SessionActions, DocumentReader):
         attention = self.transformed(doc, self.kind, NO_TRANSFORM)
         return None if attention is None else aggregations.get("head_summary")(attention)
 
+    def _statistics_outputs(self, out: dict, corpus: Corpus | None, corpus_key: Hashable) -> None:
+        """The corpus statistics when they are ready, else the status of their background job (which
+        derives again when it advances or ends). One job per corpus, shared by every session."""
+        if corpus is None:
+            out["corpus_statistics"] = (corpus_key, None)
+            out["corpus_status"] = ("", "")
+            return
+        job = statistics_job(corpus)
+        if not job.done.is_set():
+            job.listen(self._statistics_listener())
+            done, total = job.progress
+            status = f"Computing the corpus statistics of {self.source}: {done} of {total} documents…"
+            out["corpus_statistics"] = ((corpus_key, "pending"), None)
+            out["corpus_status"] = (status, status)
+            return
+        if job.error is not None:
+            status = f"Corpus statistics are not available for {self.source}: {job.error}"
+            out["corpus_statistics"] = ((corpus_key, "failed"), None)
+            out["corpus_status"] = (status, status)
+            return
+        out["corpus_statistics"] = ((corpus_key, Ref(job.result)), job.result)
+        problems = "; ".join(getattr(job.result, "problems", []) or [])
+        out["corpus_status"] = (problems, problems)
+
+    def _statistics_listener(self) -> Callable[[], None]:
+        """What the statistics job calls when it advances or ends: derive again, in this session's
+        Bokeh document when there is one (never from the worker thread into a served page)."""
+        if self._statistics_callback is not None:
+            return self._statistics_callback
+        try:
+            from panel.io.state import state
+
+            doc = state.curdoc if state.curdoc is not None and state.curdoc.session_context is not None else None
+        except Exception:  # panel missing or no session: derive in the worker thread (notebooks, scripts)
+            doc = None
+
+        def callback() -> None:
+            if doc is None:
+                self.derive()
+                return
+            from panel.io.state import set_curdoc
+
+            def in_document() -> None:
+                with set_curdoc(doc):
+                    self.derive()
+
+            with contextlib.suppress(Exception):  # the session has ended
+                doc.add_next_tick_callback(in_document)
+
+        self._statistics_callback = callback
+        return callback
+
+    def wait_for_statistics(self, timeout: float | None = None) -> bool:
+        """Wait until the corpus statistics job of the explored corpus has ended (for tests and scripts),
+        then derive; whether it ended within ``timeout`` seconds."""
+        corpus = self.corpus(self.source)
+        if corpus is None:
+            return True
+        ended = statistics_job(corpus).done.wait(timeout)
+        self.derive()
+        return ended
+
     def _other(self, matrix_key: Hashable) -> tuple[Any, Any]:
         other = self.find_document(self.compare_source, self.compare_doc_id)
         if other is None or self.kind not in other.kinds:
@@ -389,7 +475,85 @@ _UNSET = object()
 #: Outputs derived whatever the views show: the controls depend on them.
 ALWAYS = ("document", "attention")
 #: Outputs derived only while a visible view shows them (see :attr:`Explorer.needed`).
-OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix")
+OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix", "corpus_statistics", "corpus_status")
+#: Optional outputs derived only while :attr:`Explorer.needed` names them (``None`` does not ask for them).
+ON_REQUEST = ("corpus_statistics", "corpus_status")
+
+
+class StatisticsJob:
+    """The corpus statistics of one corpus (:func:`attviz.analysis.engine.corpus_statistics`), computed in
+    a daemon thread; a store keeps them in its ``stats/`` group, so a reopened store has them at once.
+
+    ``done`` is set when it has ended, with ``result`` or ``error``; ``progress`` is ``(done, total)``
+    documents; the ``listen``-ers are called (in the worker thread) as it advances and when it ends.
+    """
+
+    def __init__(self, corpus: Corpus):
+        self.corpus = corpus
+        self.size = len(corpus)
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.progress = (0, self.size)
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="attviz-corpus-statistics", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            from attviz.analysis.engine import corpus_statistics
+
+            self.result = corpus_statistics(self.corpus, progress=self._advance)
+        except Exception as exc:  # shown to the user as the status, never raised into a session
+            self.error = exc
+        finally:
+            self.done.set()
+            self._notify()
+            with self._lock:
+                self._listeners.clear()
+
+    def _advance(self, done: int, total: int) -> None:
+        self.progress = (done, total)
+        if done < total:
+            self._notify()
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the job advances and when it ends (at once if it has ended)."""
+        with self._lock:
+            if not self.done.is_set():
+                if callback not in self._listeners:
+                    self._listeners.append(callback)
+                return
+        callback()
+
+    def _notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback()
+            except Exception:  # one broken session must not stop the others
+                logging.getLogger(__name__).exception("a corpus statistics listener failed")
+
+
+_JOBS: dict[int, StatisticsJob] = {}
+_JOBS_LOCK = threading.Lock()
+_MAX_JOBS = 16
+
+
+def statistics_job(corpus: Corpus) -> StatisticsJob:
+    """The (one, process-wide) statistics job of ``corpus`` as it is now; started on first use."""
+    with _JOBS_LOCK:
+        job = _JOBS.get(id(corpus))
+        if job is None or job.corpus is not corpus or job.size != len(corpus):
+            job = _JOBS[id(corpus)] = StatisticsJob(corpus)
+            while len(_JOBS) > _MAX_JOBS:  # forget the oldest ended job (a store still has its cache)
+                oldest = next((k for k, j in _JOBS.items() if j.done.is_set()), None)
+                if oldest is None:
+                    break
+                del _JOBS[oldest]
+        return job
 
 
 def _long_qk(doc: Document, kind: str, layer_memory: int) -> Any:

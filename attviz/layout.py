@@ -29,6 +29,7 @@ TABS = {
     "Model": ("model_overview",),
     "Documents": ("documents",),
     "Compare": ("compare",),
+    "Corpus": ("corpus",),
 }
 #: Views shown above the tabs, always up to date.
 HEADER_VIEWS = ("predictions",)
@@ -41,6 +42,7 @@ FEEDS = {
     "head_summary": "head_summary",
     "corpus": "table",
     "document": "document",
+    "corpus_statistics": "corpus_statistics",
 }
 #: The explorer parameter behind each extra view input (keys: :data:`~attviz.views.INPUTS`).
 INPUT_FEEDS = {"aggregate": "token_vector", "other": "other_matrix"}

@@ -37,6 +37,7 @@ REQUIREMENTS: dict[str, str] = {
     "head_summary": "a DataArray with dims (layer, head) and no token dims, e.g. head entropy",
     "corpus": "the corpus table (a pandas DataFrame, one row per document)",
     "document": "an attviz Document (text, tokens, labels, class probabilities)",
+    "corpus_statistics": "the statistics of the whole corpus (an attviz.analysis.engine.CorpusStatistics)",
 }
 
 #: Explorer parameters a view may declare to be kept in sync both ways.
@@ -56,6 +57,9 @@ INPUTS: dict[str, str] = {
     "label": "a short label of the current document/corpus",
     "text": "the document's original text (token offsets index into it)",
     "title": "what is shown: document, layer/head, aggregation, as one short line (the title of the view's plots)",
+    "current_corpus": "the corpus explored (an attviz Corpus), for views that compute over its documents on request",
+    "corpus_status": "why the corpus statistics are not shown yet: being computed (with the progress), or why they "
+    "cannot be ('' when shown)",
 }
 
 _TOKEN_DIMS = {"query", "key", "token"}
@@ -65,6 +69,10 @@ def fits(requirement: str, data: Any) -> bool:
     """Whether ``data`` is the kind of input named ``requirement`` (a key of :data:`REQUIREMENTS`)."""
     if requirement == "corpus":
         return isinstance(data, pd.DataFrame)
+    if requirement == "corpus_statistics":
+        from attviz.analysis.engine import CorpusStatistics
+
+        return isinstance(data, CorpusStatistics)
     if requirement == "document":
         from attviz.corpus import Document
 
