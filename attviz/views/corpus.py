@@ -36,7 +36,7 @@ import param
 from bokeh.models.widgets.tables import NumberFormatter, ScientificFormatter
 
 from attviz.views.base import View
-from attviz.views.common import CLASS_PALETTE, class_colour, page_scroll_hook, set_title
+from attviz.views.common import CLASS_PALETTE, class_colour, page_scroll_hook, plain_text, set_title
 from attviz.views.matrix import set_token_axis
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ class CorpusView(View):
         self.top_documents_table.on_click(self._on_top_document)
         self.selection_table.on_click(self._on_selected_token)
         self.head_info = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.problem = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
         self.contrast_area = pn.Column(sizing_mode="stretch_width")
         self.qk_status = pn.pane.HTML("", sizing_mode="stretch_width")
         self.qk_plot = pn.Column(sizing_mode="stretch_width")
@@ -185,8 +186,26 @@ class CorpusView(View):
     def stats(self) -> Any:
         return self.data if self.can_show(self.data) else None
 
+    def _report(self, what: str, exc: Exception | None) -> None:
+        """Show (or, with ``exc`` None, clear) a problem of the view as a notice, never a traceback."""
+        if exc is None:
+            if self.problem.visible:
+                self.problem.param.update(object="", visible=False)
+            return
+        log.debug("corpus view: %s failed", what, exc_info=exc)
+        self.problem.param.update(object=html.escape(f"{what}: {type(exc).__name__}: {exc}"), visible=True)
+
     @param.depends("data", watch=True)
     def _update_data(self) -> None:
+        try:
+            self._load()
+            self._report("", None)
+        except Exception as exc:  # statistics this view cannot show: say why
+            self._atlas = pd.DataFrame()
+            self._layers = self._heads = np.zeros(0, dtype=np.int64)
+            self._report("These corpus statistics cannot be shown", exc)
+
+    def _load(self) -> None:
         stats = self.stats
         if stats is None:
             self._atlas = pd.DataFrame()
@@ -345,6 +364,12 @@ class CorpusView(View):
     @param.depends("layer", "head", "metric", "n_top", watch=True)
     def _update_head_tables(self) -> None:
         """The selected head's description, top documents and top tokens."""
+        try:
+            self._head_tables()
+        except Exception as exc:
+            self._report("The selected head's documents and tokens", exc)
+
+    def _head_tables(self) -> None:
         stats, where = self.stats, self._position()
         if stats is None or where is None:
             self.head_info.object = "<i>Click a head in the grid or the scatter.</i>" if stats is not None else ""
@@ -479,14 +504,15 @@ class CorpusView(View):
             cmap="magma_r",
             colorbar=True,
             framewise=True,
+            invert_yaxis=True,
             responsive=True,
             min_width=400,
             height=int(np.clip(11 * len(self._order()) + 160, 400, 1800)),
             tools=["hover", "tap"],
             default_tools=["reset", "save", "box_zoom"],
             hooks=[self._similarity_hook, page_scroll_hook],
-            xlabel="head",
-            ylabel="head",
+            xlabel="",
+            ylabel="",
             hover_tooltips=[("heads", "@{head_x} · @{head_y}"), ("distance", "@{distance}{0.000}")],
         )
         return pn.Column(
@@ -607,14 +633,14 @@ class CorpusView(View):
         plots = []
         for name, part in ranking.groupby("class", sort=True):
             part = part.iloc[::-1]  # the highest at the top
-            labels = [f"{i + 1:>2}. {t}" for i, t in enumerate(part["type"].iloc[::-1])][::-1]
+            labels = [f"{i + 1:>2}. {plain_text(t)}" for i, t in enumerate(part["type"].iloc[::-1])][::-1]
             frame = pd.DataFrame({"token": labels, "mean": part["mean"].to_numpy(), "max": part["max"].to_numpy()})
             colour = class_colour(name)
             behind = hv.Bars(frame, "token", "max").opts(color=colour, alpha=0.25, line_alpha=0)
             front = hv.Bars(frame, "token", "mean").opts(color=colour)
             plots.append(
                 (behind * front).opts(
-                    invert_axes=True, title=str(name), height=300, width=320, tools=["hover"], ylabel="value"
+                    invert_axes=True, title=plain_text(name), height=300, width=320, tools=["hover"], ylabel="value"
                 )
             )
         if not plots:
@@ -630,20 +656,23 @@ class CorpusView(View):
                 counts, edges = np.histogram(sample, bins=min(30, max(5, len(sample) // 5)))
                 plots.append(
                     hv.Histogram((edges, counts), kdims=["log10 value"], vdims=["types"]).opts(
-                        color=colour, title=f"{name}: log-values", height=240, width=320
+                        color=colour, title=plain_text(f"{name}: log-values"), height=240, width=320
                     )
                 )
             if name in qq:
                 frame = qq[name]
                 points = hv.Scatter(frame, "theoretical", "observed").opts(color=colour, size=4)
                 line = hv.Curve(frame, "theoretical", "fit").opts(color="black", line_dash="dashed")
-                plots.append((points * line).opts(title=f"{name}: normal QQ", height=240, width=320))
+                plots.append((points * line).opts(title=plain_text(f"{name}: normal QQ"), height=240, width=320))
         if not plots:
             return hv.Layout([hv.Curve([])])
         return hv.Layout(plots).cols(2).opts(shared_axes=False)
 
     def _update_contrast(self) -> None:
-        self.contrast_area.objects = self.contrast_parts()
+        try:
+            self.contrast_area.objects = self.contrast_parts()
+        except Exception as exc:
+            self.contrast_area.objects = [_notice(f"No contrast: {type(exc).__name__}: {exc}", "warning")]
 
     def _contrasts_tab(self) -> pn.Column:
         controls = pn.Row(
@@ -750,12 +779,20 @@ class CorpusView(View):
             import datashader as ds
             from holoviews.operation.datashader import dynspread, rasterize
 
-            if self.qk_colour in ("role", "label"):
+            shade: dict[str, Any] = {}
+            if self.qk_colour in ("role", "label"):  # one colour per category, mixed by count
+                colours = self._qk_cmap()
+                categories = sorted(colours)
+                data = element.data.assign(colour=pd.Categorical(element.data["colour"], categories=categories))
+                element = element.clone(data=data)
                 aggregator = ds.count_cat("colour")
-                element = element.clone(data=element.data.assign(colour=element.data["colour"].astype("category")))
-            else:
-                aggregator = ds.mean("colour")
+                shade["cmap"] = [colours[c] for c in categories]
+            elif self.qk_colour == "position":
+                aggregator, shade["cmap"] = ds.mean("colour"), "viridis"
+            else:  # thousands of token types: the density (hover a point-wise map for the tokens)
+                aggregator, shade["cmap"] = ds.count(), "Blues"
             shaded = dynspread(rasterize(element, aggregator=aggregator)).opts(
+                **shade,
                 tools=["box_select"],
                 default_tools=["reset", "save", "pan", "box_zoom"],
                 hooks=[page_scroll_hook, _name_hook("attviz-corpus-qk")],
@@ -846,6 +883,14 @@ class CorpusView(View):
         if self._active() == "Contrasts":
             self._update_contrast()
 
+    @staticmethod
+    def _built(title: str, builder: Callable[[], Any]) -> Any:
+        try:
+            return builder()
+        except Exception as exc:  # one sub-tab that cannot be built leaves the others
+            log.debug("corpus view: %s failed", title, exc_info=exc)
+            return _notice(f"{title} cannot be shown: {type(exc).__name__}: {exc}", "warning")
+
     def _build_tabs(self) -> None:
         if self.stats is None:
             self.sub_tabs.objects = []
@@ -853,7 +898,8 @@ class CorpusView(View):
         builders: list[Callable[[], Any]] = [self._heads_tab, self._similarity_tab, self._contrasts_tab, self._qk_tab]
         active = self.sub_tabs.active
         self.sub_tabs.objects = [
-            pn.Column(b(), name=t, sizing_mode="stretch_width") for t, b in zip(SUB_TABS, builders, strict=True)
+            pn.Column(self._built(t, b), name=t, sizing_mode="stretch_width")
+            for t, b in zip(SUB_TABS, builders, strict=True)
         ]
         self.sub_tabs.active = min(active, len(SUB_TABS) - 1)
 
@@ -872,7 +918,7 @@ class CorpusView(View):
                 sizing_mode="stretch_width",
                 visible=self.param.corpus_status.rx.pipe(lambda s: s.startswith("Computing")),
             )
-            self._layout = pn.Column(status, progress, self.sub_tabs, sizing_mode="stretch_width")
+            self._layout = pn.Column(status, progress, self.problem, self.sub_tabs, sizing_mode="stretch_width")
             self._build_tabs()
             self.sub_tabs.param.watch(self._refresh_active, "active")
         return self._layout

@@ -14,19 +14,30 @@ from tests.browser.conftest import _wait_until
 from tests.browser.test_explorer import ExplorerServer, open_explorer, serve_explorer, tab
 from tests.test_state_space import Errors
 
+# The figure named ``name`` that is drawn now (a replaced figure may linger in the document unshown).
+SHOWN_FIGURE = """const shown = (name) => [...Bokeh.documents[0].all_models].filter(
+  (m) => m.name === name && Bokeh.index.find_one_by_id(m.id) != null).pop();"""
 # The page position of a data point (x, y) of the figure named ``name``.
-POINT_JS = """([name, x, y]) => {
-  const fig = Bokeh.documents[0].get_model_by_name(name), view = Bokeh.index.find_one_by_id(fig.id);
+POINT_JS = f"""([name, x, y]) => {{
+  {SHOWN_FIGURE}
+  const fig = shown(name), view = Bokeh.index.find_one_by_id(fig.id);
   const box = view.canvas_view.el.getBoundingClientRect();
   return [box.left + view.frame.x_scale.compute(x), box.top + view.frame.y_scale.compute(y)];
-}"""
+}}"""
 # Whether the figure named ``name`` is drawn, and how many points its first glyph has.
-FIGURE_JS = """(name) => {
-  const fig = Bokeh.documents[0].get_model_by_name(name);
-  if (fig == null || Bokeh.index.find_one_by_id(fig.id) == null) return -1;
+FIGURE_JS = f"""(name) => {{
+  {SHOWN_FIGURE}
+  const fig = shown(name);
+  if (fig == null) return -1;
   const renderer = fig.renderers.find((r) => r.data_source != null);
   return renderer == null ? 0 : renderer.data_source.get_length();
-}"""
+}}"""
+# The glyph types of the figure named ``name``.
+GLYPHS_JS = f"""(name) => {{
+  {SHOWN_FIGURE}
+  const fig = shown(name);
+  return fig == null ? [] : fig.renderers.filter((r) => r.glyph != null).map((r) => r.glyph.type);
+}}"""
 TITLES_JS = """() => [...Bokeh.documents[0].all_models].filter((m) => m.type === "Title").map((m) => m.text)"""
 
 
@@ -54,7 +65,7 @@ def idle(page: Any) -> None:
     page.locator(".loader.spin").wait_for(state="detached")
 
 
-def test_the_corpus_tab(page, page_log, server, server_log, screenshot, record_property):
+def test_the_corpus_tab(page, page_log, server, server_log, screenshot, record_property, monkeypatch):
     explorer = open_explorer(page, server)
     start = time.monotonic()
     tab(page, "Corpus").click()
@@ -98,6 +109,12 @@ def test_the_corpus_tab(page, page_log, server, server_log, screenshot, record_p
     _wait_until(lambda: page.evaluate(FIGURE_JS, "attviz-corpus-qk") > 100, timeout=60)
     idle(page)
     screenshot(page, "corpus-qk")
+    # Over DATASHADE_ABOVE points the map is rasterized by datashader (served: the server re-renders it).
+    monkeypatch.setattr("attviz.views.corpus.DATASHADE_ABOVE", 1000)
+    page.get_by_label("Colour by").last.select_option(label="class")
+    _wait_until(lambda: "ImageStack" in page.evaluate(GLYPHS_JS, "attviz-corpus-qk"), timeout=30)
+    idle(page)
+    screenshot(page, "corpus-qk-rasterized")
 
     # The document views follow the head picked in the corpus area.
     tab(page, "Matrix").click()

@@ -80,6 +80,10 @@ def test_a_click_on_a_grid_cell_selects_the_head(explorer):
     assert "Layer 1, head 2" in view.head_info.object
     top = view.top_documents_table.value
     assert len(top) and top["rank"].iloc[0] == "top" and top["rank"].str.startswith("decile").any()
+    # untrusted text reaches the page as plain text
+    assert view.top_documents_table.formatters["text"] == "plaintext"
+    assert view.top_documents_table.formatters["id"] == "plaintext"
+    assert view.top_tokens_table.formatters["type"] == "plaintext"
     explorer.param.update(layer=0, head=1)  # two-way: the explorer moves the view
     assert (view.layer, view.head) == (0, 1)
 
@@ -179,6 +183,56 @@ def test_query_key_selection_opens_the_token(explorer):
     assert view.selection_table.formatters["token"] == "plaintext"
     view.open_selected(0)
     assert (explorer.doc_id, explorer.selected_token) == ("d0", 2)
+
+
+def test_a_large_query_key_map_is_rasterized(explorer, monkeypatch):
+    from bokeh.models import GlyphRenderer
+
+    from attviz.analysis.qkspace import COLUMNS, QKSpace
+
+    _, view = corpus_tab(explorer)
+    monkeypatch.setattr("attviz.views.corpus.DATASHADE_ABOVE", 10)
+    rng = np.random.default_rng(0)
+    n = 200
+    points = pd.DataFrame(
+        {
+            "doc": 0,
+            "doc_id": "d0",
+            "position": rng.integers(0, 9, n),
+            "token": rng.choice(["good", "<i>x</i>"], n),
+            "role": rng.choice(["query", "key"], n),
+            "label": "pos",
+            "prediction": "pos",
+            "special": False,
+            "x": rng.normal(size=n),
+            "y": rng.normal(size=n),
+        }
+    )[COLUMNS]
+    view.show_qk(QKSpace(points, "pca", None, 0, 0, "self", False))
+    for colour, glyph in (("role", "ImageStack"), ("label", "ImageStack"), ("token", "Image"), ("position", "Image")):
+        view.qk_colour = colour
+        root = view.qk_plot.objects[0].get_root()
+        assert glyph in [type(r.glyph).__name__ for r in root.select({"type": GlyphRenderer})]
+    view.select_bounds((0, 0, 5, 5))
+    inside = (points["x"] >= 0) & (points["y"] >= 0)
+    assert len(view.selection_table.value) == int(inside.sum())
+
+
+def test_statistics_the_view_cannot_show_are_a_notice(explorer):
+    import dataclasses
+
+    _, view = corpus_tab(explorer)
+    pn.panel(view).get_root()
+    bad = dataclasses.replace(explorer.corpus_statistics, _cache={})
+
+    def atlas():
+        raise ValueError("<b>no atlas</b>")
+
+    bad.atlas = atlas
+    view.data = bad
+    assert view.problem.visible and "&lt;b&gt;no atlas" in view.problem.object
+    view.data = explorer.corpus_statistics
+    assert not view.problem.visible and view.sub_tabs.objects
 
 
 def test_a_vectors_only_corpus_shows_a_notice():
