@@ -164,7 +164,7 @@ def extract(
         "max_length": max_length,
         "long_texts": long_texts,
         "stride": stride if long_texts == "window" else 0,
-        "dtype": str(dtype or "float32"),
+        "dtype": str(dtype or _model_dtype(loaded)),
         "predictor": "zero-shot" if predictor else ("classifier" if loaded.label_names else ""),
         "label_descriptions": dict(zip(predictor.labels, predictor.descriptions, strict=True)) if predictor else {},
         "policy": policy.settings(),
@@ -258,6 +258,12 @@ def extract(
 
 
 # -- inputs --------------------------------------------------------------------------------------
+def _model_dtype(loaded: LoadedModel) -> str:
+    """The float type of a loaded model's weights ("float32", "float16", "bfloat16")."""
+    parameter = next(iter(loaded.model.parameters()), None)
+    return "float32" if parameter is None else str(parameter.dtype).removeprefix("torch.")
+
+
 def _loaded(model: Any, tokenizer: Any, device: str, dtype: str | None, trust_remote_code: bool = False) -> LoadedModel:
     if isinstance(model, LoadedModel):
         return model
