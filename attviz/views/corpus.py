@@ -103,6 +103,12 @@ def _notice(text: str, kind: str = "info") -> pn.pane.Alert:
     return pn.pane.Alert(html.escape(text), alert_type=kind, sizing_mode="stretch_width")
 
 
+def _served() -> bool:
+    """Whether this runs in a served Panel session (not a notebook, script or test)."""
+    doc = pn.state.curdoc
+    return doc is not None and doc.session_context is not None
+
+
 def _name_hook(name: str) -> Callable[[Any, Any], None]:
     """A HoloViews hook naming the Bokeh figure (tests and scripts find it by name)."""
 
@@ -159,7 +165,8 @@ class CorpusView(View):
         self._atlas = pd.DataFrame()
         self._layers = np.zeros(0, dtype=np.int64)
         self._heads = np.zeros(0, dtype=np.int64)
-        self._contrasts: dict[Any, list[Any]] = {}
+        self._contrasts: dict[Any, Any] = {}
+        self._contrast_request: object | None = None
         self._qk: dict[Any, Any] = {}
         self.qk_space: Any = None  # the QKSpace shown
         self._qk_points = pd.DataFrame()
@@ -669,10 +676,32 @@ class CorpusView(View):
         return hv.Layout(plots).cols(2).opts(shared_axes=False)
 
     def _update_contrast(self) -> None:
+        """Show the contrast of the current settings: at once outside a served session (notebooks, tests);
+        served, its tests run in a worker thread, so this session and every other stay responsive."""
+        if _served():
+            pn.state.execute(self._update_contrast_async)
+        else:
+            self._show_contrast()
+
+    def _show_contrast(self) -> None:
         try:
             self.contrast_area.objects = self.contrast_parts()
         except Exception as exc:
             self.contrast_area.objects = [_notice(f"No contrast: {type(exc).__name__}: {exc}", "warning")]
+
+    async def _update_contrast_async(self) -> None:
+        stats, token = self.stats, object()
+        self._contrast_request = token
+        self.contrast_area.loading = True
+        try:
+            if stats is not None and self.group_a is not None and self.group_a != self.group_b:
+                await asyncio.to_thread(self._tables, stats)  # the slow part (cached); its errors show below
+        except Exception:
+            pass
+        finally:
+            if self._contrast_request is token:  # else newer settings are on their way
+                self.contrast_area.loading = False
+                self._show_contrast()
 
     def _contrasts_tab(self) -> pn.Column:
         controls = pn.Row(
