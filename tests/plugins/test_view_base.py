@@ -9,6 +9,7 @@ import param
 import pytest
 import xarray as xr
 
+from attviz.analysis.engine import CorpusStatistics, Settings
 from attviz.corpus import Document
 from attviz.views import REQUIREMENTS, View, fits
 from attviz.views.base import _validate_view
@@ -20,6 +21,7 @@ TABLE = pd.DataFrame({"id": ["a"], "text": ["x"]})
 HEAD_VECTORS = xr.DataArray(np.ones((2, 3)), dims=("head", "token"))
 HEAD_MATRICES = xr.DataArray(np.ones((2, 3, 3)), dims=("head", "query", "key"))
 DOCUMENT = Document(id="d", text="x")
+STATISTICS = CorpusStatistics(xr.Dataset(), xr.Dataset(), None, TABLE, Settings())
 KINDS = {
     "matrix": MATRIX,
     "token_vector": VECTOR,
@@ -28,6 +30,7 @@ KINDS = {
     "head_summary": HEADS,
     "corpus": TABLE,
     "document": DOCUMENT,
+    "corpus_statistics": STATISTICS,
 }
 
 
