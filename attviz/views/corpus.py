@@ -23,6 +23,7 @@ here escapes them, and Bokeh draws hover fields and tick labels as text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 from collections.abc import Callable
@@ -118,16 +119,25 @@ def _name_hook(name: str) -> Callable[[Any, Any], None]:
     return hook
 
 
-def strongest_token(document: Any, layer: int, head: int, kind: str | None = None) -> int | None:
+def strongest_token(
+    document: Any, layer: int, head: int, kind: str | None = None, text: str | None = None
+) -> int | None:
     """The key position that one head (array positions ``layer``, ``head``) attends to most in a
-    document (the most attention received, summed over queries). None: the document has no matrices."""
+    document (the most attention received, summed over queries), among the tokens ``text`` when given.
+    None: the document has no matrices (or no such token)."""
     try:
         kinds = [kind] if kind else [k for k in ("self", "encoder") if k in document.kinds]
         if not kinds:
             return None
         array = document.get(kinds[0])
         matrix = np.asarray(array.isel(layer=layer, head=head).transpose("query", "key").values, dtype=np.float64)
-        key = int(np.argmax(matrix.sum(axis=0)))
+        received = matrix.sum(axis=0)
+        if text is not None:
+            same = np.asarray(array["key_text"].values).astype(str) == str(text)
+            if not same.any():
+                return None
+            received = np.where(same, received, -np.inf)
+        key = int(np.argmax(received))
         return int(array["key"].values[key]) if "key" in array.coords else key
     except Exception:  # a document the corpus cannot give matrices for: open it without a token
         log.debug("no strongest token", exc_info=True)
@@ -177,6 +187,8 @@ class CorpusView(View):
         self.log_odds_table = _text_table(page_size=10)
         self.selection_table = _text_table(page_size=15)
         self.top_documents_table.on_click(self._on_top_document)
+        self.top_tokens_table.on_click(self._on_top_token)
+        self.contrast_table.on_click(self._on_contrast_row)
         self.selection_table.on_click(self._on_selected_token)
         self.head_info = pn.pane.HTML("", sizing_mode="stretch_width")
         self.problem = pn.pane.Alert("", alert_type="warning", visible=False, sizing_mode="stretch_width")
@@ -401,6 +413,7 @@ class CorpusView(View):
         _show(self.top_documents_table, top.drop(columns=["index"], errors="ignore"))
         self._top_frame = top
         tokens = stats.top_tokens(layer, head)
+        self._tokens_frame = tokens
         _show(self.top_tokens_table, tokens)
 
     def open_document(self, doc_id: str, token: int | None = None) -> None:
@@ -426,6 +439,48 @@ class CorpusView(View):
                 token = None
         self.open_document(doc_id, token)
 
+    def open_top_token(self, row: int) -> None:
+        """Open the document where the ``row``-th top token of the selected head has its highest value,
+        with the occurrence of that token the head attends to most selected."""
+        frame = getattr(self, "_tokens_frame", None)
+        if frame is not None and 0 <= row < len(frame):
+            self.open_token_type(str(frame["type"].iloc[row]))
+
+    def open_token_type(self, text: str) -> None:
+        """Open the document where the token type ``text`` has its highest value for the selected head,
+        with the occurrence the head attends to most selected."""
+        where, stats = self._position(), self.stats
+        if where is None or stats is None:
+            return
+        layer, head = int(self._layers[where[0]]), int(self._heads[where[1]])
+        values = stats.token_values(layer, head)
+        values = values[values["type"].astype(str) == text]
+        if values.empty:
+            return
+        doc_id = str(values.loc[values["value"].idxmax(), "id"])
+        token = None
+        if self.current_corpus is not None:
+            with contextlib.suppress(Exception):
+                token = strongest_token(self.current_corpus[doc_id], where[0], where[1], stats.settings.kind, text)
+        self.open_document(doc_id, token)
+
+    def open_contrast_row(self, row: int) -> None:
+        """Select the head of the ``row``-th contrast (and, for a token, open its strongest document)."""
+        frame = getattr(self, "contrast_frame", None)
+        if frame is None or not 0 <= row < len(frame) or not len(self._layers):
+            return
+        layer = int(np.searchsorted(self._layers, int(frame["layer"].iloc[row])))
+        head = int(np.searchsorted(self._heads, int(frame["head"].iloc[row])))
+        self.param.update(layer=layer, head=head)
+        if "type" in frame:
+            self.open_token_type(str(frame["type"].iloc[row]))
+
+    def _on_contrast_row(self, event: Any) -> None:
+        self.open_contrast_row(int(event.row))
+
+    def _on_top_token(self, event: Any) -> None:
+        self.open_top_token(int(event.row))
+
     def _on_top_document(self, event: Any) -> None:
         self.open_top_document(int(event.row))
 
@@ -441,7 +496,9 @@ class CorpusView(View):
             self.head_info,
             pn.Row(
                 pn.Column("**Top documents** (and one per decile) — click one to open it", self.top_documents_table),
-                pn.Column("**Top tokens** (mean per document)", self.top_tokens_table, width=420),
+                pn.Column(
+                    "**Top tokens** (mean per document) — click one to open it", self.top_tokens_table, width=420
+                ),
                 sizing_mode="stretch_width",
             ),
             sizing_mode="stretch_width",
@@ -596,7 +653,8 @@ class CorpusView(View):
                 f"<b>{html.escape(str(a))}</b> ({int(frame['n_a'].iloc[0]) if len(frame) else 0} documents) vs "
                 f"<b>{html.escape(str(b))}</b> ({int(frame['n_b'].iloc[0]) if len(frame) else 0}) on "
                 f"{'head metrics' if self.contrast_on == 'heads' else 'token types'}: Mann–Whitney U and KS p, "
-                "Benjamini–Hochberg q, Cliff's δ (a > b is positive) with its 95% bootstrap interval.",
+                "Benjamini–Hochberg q, Cliff's δ (a > b is positive) with its 95% bootstrap interval. "
+                "Click a row to select its head (and open the document where its token is strongest).",
                 sizing_mode="stretch_width",
             )
         ]

@@ -115,6 +115,17 @@ def test_opening_a_top_document_sets_the_document_and_its_strongest_token(explor
     assert strongest_token(synthetic[doc_id], 0, 1) == 0
 
 
+def test_opening_a_top_token_marks_it_in_its_document(explorer, synthetic):
+    _, view = corpus_tab(explorer)
+    view.on_grid_tap(x=2, y=1)  # the head that doubles "good" in "pos" documents
+    tokens = view.top_tokens_table.value
+    row = int(np.flatnonzero(tokens["type"] == "good")[0])
+    view.open_top_token(row)
+    doc = synthetic[explorer.doc_id]
+    assert doc.label == "pos"
+    assert doc.token_table()["text"].iloc[explorer.selected_token] == "good"
+
+
 def test_the_similarity_click_selects_a_head(explorer):
     _, view = corpus_tab(explorer)
     order = view._order()
@@ -131,6 +142,10 @@ def test_contrast_on_tokens_finds_good(explorer):
     table = view.contrast_table.value
     assert (table["type"].iloc[0], table["layer"].iloc[0], table["head"].iloc[0]) == ("good", 1, 2)
     assert {"p_mannwhitney", "q_mannwhitney", "δ", "δ low", "δ high"} <= set(table.columns)
+    view.open_contrast_row(0)  # selects head (1, 2) and opens a "pos" document at its "good"
+    assert (explorer.layer, explorer.head) == (1, 2)
+    doc = explorer.corpora["synthetic"][explorer.doc_id]
+    assert doc.label == "pos" and doc.token_table()["text"].iloc[explorer.selected_token] == "good"
     kinds = [type(o).__name__ for o in view.contrast_area.objects]
     assert kinds.count("Tabulator") == 2 and kinds.count("HoloViews") == 2
     for pane in view.contrast_area.objects:
