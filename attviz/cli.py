@@ -177,6 +177,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--show", action="store_true", help="open a browser")
     p.add_argument("--address", default=None, help="address to listen on (default: localhost)")
+
+    p = sub.add_parser(
+        "stats",
+        help="corpus statistics: head atlas, head similarity, contrasts (report or CSV tables)",
+        description="Per-document statistics of a store (cached in its stats/ group): the head atlas, head "
+        "similarity, and class contrasts of heads and token types. Without -o a summary is printed.",
+    )
+    p.add_argument("input", help="store (or anything `attviz info` reads; only stores cache the statistics)")
+    p.add_argument(
+        "--by",
+        choices=("gold", "predicted", "correct"),
+        default=None,
+        help="group the documents for the contrasts (default: gold labels when there are two or more)",
+    )
+    p.add_argument(
+        "--compare",
+        default=None,
+        metavar="OTHER_STORE",
+        help="a second store over the same texts (another checkpoint or model with the same heads): "
+        "store A vs store B tables, documents paired by text",
+    )
+    p.add_argument(
+        "-o", "--output", default=None, help="REPORT.html (one self-contained offline page) or a folder of CSV tables"
+    )
+    p.add_argument(
+        "--aggregation",
+        default="attention_received",
+        help="token vector per document (an aggregation id or a JSON pipeline; default attention_received)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="compute on a dask.distributed cluster (tcp://host:8786); its workers must see the store",
+    )
+    p.add_argument("--no-cache", action="store_true", help="compute again, neither reading nor writing stats/")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -367,6 +405,43 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.inputs, model=args.model, port=args.port, show=args.show, address=args.address)
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from attviz.analysis.engine import corpus_statistics, statistics_path
+    from attviz.analysis.report import compute_tables, corpus_info, summary, write_report, write_tables
+    from attviz.readers import read
+
+    def statistics(source: str):
+        corpus = read(source)
+        stats = corpus_statistics(
+            corpus,
+            aggregation=args.aggregation,
+            scheduler=args.scheduler,
+            cache=not args.no_cache,
+            progress=not args.quiet,
+        )
+        return corpus, stats
+
+    start = time.perf_counter()
+    corpus, stats = statistics(args.input)
+    other = statistics(args.compare)[1] if args.compare else None
+    folder = statistics_path(corpus.path, stats.settings) if getattr(corpus, "path", None) else None
+    cache = folder if folder is not None and folder.is_dir() and not args.no_cache else None
+    compare_id = str(Path(args.compare).resolve()) if args.compare else None
+    tables = compute_tables(stats, by=args.by, compare=other, cache=cache, compare_id=compare_id)
+    out = Path(args.output) if args.output else None
+    if out is None:
+        print(summary(stats, tables))
+    elif out.suffix.lower() in (".html", ".htm"):
+        info = {**corpus_info(corpus), **({"compare": args.compare} if args.compare else {})}
+        write_report(stats, out, title=args.title, corpus=info, tables=tables)
+        size = out.stat().st_size
+        print(f"wrote {out} ({size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    else:
+        written = write_tables(stats, out, tables=tables)
+        print(f"wrote {len(written)} tables to {out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "extract": _extract,
     "info": _info,
@@ -375,6 +450,7 @@ COMMANDS = {
     "plugins": _plugins,
     "demo": _demo,
     "serve": _serve,
+    "stats": _stats,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -221,3 +221,41 @@ def test_explorer_end_to_end_in_chromium():
         assert new["steps"] == 1 and new["median_ms"] > 0 and new["server_ms"] > 0, (action, tab, new)
         if tab != "Heads":  # the head view draws every head: a head change changes no view there
             assert new["unchanged_steps"] == 0 and new["bytes_per_step"] > 0, (action, tab, new)
+
+
+# -- benchmarks/corpus_stats.py ------------------------------------------------------------------------
+def test_corpus_stats_verdicts_and_plan():
+    import argparse
+
+    from benchmarks import corpus_stats
+
+    assert corpus_stats.verdict([1.0, 1.5], 2.0) == "met"
+    assert corpus_stats.verdict([2.5, 3.0], 2.0) == "missed"
+    assert corpus_stats.verdict([1.5, 2.5], 2.0) == "within noise"
+    assert corpus_stats.verdict([1.0], 2.0) == "met (1 round)"
+    blank = argparse.Namespace(quick=True, docs=None, rounds=None)
+    assert corpus_stats.plan(blank) == {"docs": 60, "rounds": 2}
+    assert corpus_stats.plan(argparse.Namespace(quick=False, docs=None, rounds=None)) == {"docs": 5000, "rounds": 3}
+    records = corpus_stats.documents(40)
+    assert len({r["id"] for r in records}) == 40 and records == corpus_stats.documents(40)  # seeded
+    pool = {sentence for sentence, _ in corpus_stats.sentences()}
+    assert len(pool) > 200 and all(sum(s in r["text"] for s in pool) >= 3 for r in records[:5])
+
+
+@pytest.mark.slow
+def test_corpus_stats_quick_mode_runs(tmp_path):
+    """benchmarks/corpus_stats.py --quick (CI: 60 documents, 2 rounds), here on 8 documents, 1 round."""
+    from benchmarks import corpus_stats
+
+    out = tmp_path / "stats.json"
+    argv = ["--quick", "--docs", "8", "--rounds", "1", "--store-dir", str(tmp_path), "--json", str(out)]
+    result = corpus_stats.main(argv)
+    assert json.loads(out.read_text())["summary"] == result["summary"]
+    summary = result["summary"]
+    assert result["extract_seconds"] > 0 and result["attention_bytes"] > result["tokens"] > 8 * 30
+    assert "atlas.csv" in result["tables"] and "similarity.csv" in result["tables"]
+    assert all(s > 0 for s in summary["read_seconds"] + summary["cold_seconds"] + summary["cached_seconds"])
+    assert 50e6 < summary["cold_rss"][0] < 4e9  # this child's own peak, not the parent's (the model)
+    assert len(summary["verdicts"]) == 3
+    again = corpus_stats.main(argv)  # the store is reused
+    assert again["extract_seconds"] is None
