@@ -9,8 +9,9 @@ the document (repeated tokens in one document do not inflate a sample):
   vector (by default :class:`~attviz.aggregations.vectors.AttentionReceived`, Vig & Belinkov 2019; any
   aggregation plugin that gives ``(layer, head, token)``), as entries ``(entry, layer, head)`` with the
   entry's document, type and occurrence count;
-- ``similarity``: the mean over a seeded sample of documents of the Jensen–Shannon distance between
-  every pair of heads' attention over the same tokens (Clark et al. 2019, §6).
+- ``similarity``: the mean over a seeded sample of documents (and over at most :data:`SIMILARITY_ROWS`
+  evenly spaced query rows of each) of the Jensen–Shannon distance between every pair of heads'
+  attention over the same tokens (Clark et al. 2019, §6).
 
 :func:`corpus_statistics` runs one :func:`dask.delayed` task per document (a document's attention is
 read once, in the task, and never kept): on local threads by default, or on a ``dask.distributed``
@@ -42,7 +43,8 @@ from attviz.errors import AttvizError, InputError
 ENGINE_VERSION = 1
 STATS_GROUP = "stats"
 DEFAULT_AGGREGATION = "attention_received"
-SIMILARITY_DOCUMENTS = 128  # documents sampled for head similarity (each costs (L·H)² · T² operations)
+SIMILARITY_DOCUMENTS = 128  # documents sampled for head similarity (each costs (L·H)² · rows · T operations)
+SIMILARITY_ROWS = 32  # query rows per sampled document (evenly spaced), enough for a mean over rows
 
 
 class StatisticsError(AttvizError):
@@ -270,7 +272,8 @@ def document_statistics(doc, settings: Settings, *, similarity: bool = False) ->
     if similarity:
         from attviz.analysis.similarity import js_distance
 
-        out["similarity"] = js_distance(values)
+        rows = np.unique(np.linspace(0, values.shape[2] - 1, min(values.shape[2], SIMILARITY_ROWS)).round().astype(int))
+        out["similarity"] = js_distance(values[:, :, rows, :])
     return out
 
 
