@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ OUTPUTS = (
     "current_corpus",
     "corpus_statistics",
     "corpus_status",
+    "other_corpus_statistics",
+    "other_corpus_status",
 )
 
 
@@ -93,6 +96,25 @@ class Explorer(SessionActions, DocumentReader):
         doc="Why the corpus statistics are not shown: being computed (with the progress), or why they cannot be "
         "('' when they are shown or not asked for).",
     )
+    store_source = param.String(
+        default=None,
+        allow_None=True,
+        precedence=-1,
+        doc="The corpus whose statistics are contrasted with the explored corpus's (store A vs store B over the "
+        "same texts, e.g. two checkpoints); the corpus view sets it while it shows that contrast. None: none asked.",
+    )
+    other_corpus_statistics = param.Parameter(
+        default=None,
+        precedence=-1,
+        doc="The corpus statistics of `store_source` (a CorpusStatistics), computed in the background like "
+        "`corpus_statistics`, only while a visible view needs them and `store_source` names another corpus.",
+    )
+    other_corpus_status = param.String(
+        default="", precedence=-1, doc="Why the statistics of `store_source` are not shown: being computed, or why not."
+    )
+    other_sources = param.List(
+        default=[], precedence=-1, doc="The names of the loaded corpora other than the explored one."
+    )
     text = param.String(default="", precedence=-1, doc="The document's original text.")
     label = param.String(default="", precedence=-1, doc="The corpus and document shown.")
     other_label = param.String(default="", precedence=-1, doc="The corpus and document compared with.")
@@ -125,7 +147,7 @@ class Explorer(SessionActions, DocumentReader):
         if corpus is not None:
             params["corpora"] = as_corpora(corpus)
         super().__init__(**params)
-        self.param.watch(lambda *_: self.derive(), ["needed"])
+        self.param.watch(lambda *_: self.derive(), ["needed", "store_source"])
         if not self.corpora:
             self.derive()
 
@@ -152,6 +174,7 @@ class Explorer(SessionActions, DocumentReader):
             doc = outputs["document"][1] if "document" in outputs else self.document
             vector = outputs["token_vector"][1] if "token_vector" in outputs else self.token_vector
             changed.update(self._labels(doc, vector))
+            changed["other_sources"] = [name for name in self.corpora if name != self.source]
             changed.update(message=message, notice="; ".join(notes))
             self.param.update(**{k: v for k, v in changed.items() if not _same(getattr(self, k), v)})
 
@@ -177,6 +200,8 @@ class Explorer(SessionActions, DocumentReader):
         out["current_corpus"] = (corpus_key, corpus)
         if self._wanted("corpus_statistics"):
             self._statistics_outputs(out, corpus, corpus_key)
+        if self._wanted("other_corpus_statistics"):
+            self._other_statistics_outputs(out)
         doc = self.find_document(self.source, self.doc_id)
         doc_key = (corpus_key, self.doc_id, Ref(doc))
         out["document"] = (doc_key, doc)
@@ -362,22 +387,36 @@ class Explorer(SessionActions, DocumentReader):
             out["corpus_statistics"] = (corpus_key, None)
             out["corpus_status"] = ("", "")
             return
+        out["corpus_statistics"], out["corpus_status"] = self._job_outputs(self.source, corpus, corpus_key)
+
+    def _other_statistics_outputs(self, out: dict) -> None:
+        """The statistics of :attr:`store_source` (store B of a store A vs store B contrast), like
+        :meth:`_statistics_outputs`: from the same shared job of that corpus."""
+        name = self.store_source
+        corpus = self.corpus(name) if name is not None and name != self.source else None
+        key = (name, Ref(corpus), len(corpus) if corpus is not None else 0)
+        if corpus is None:
+            status = "" if name is None else f"Choose a corpus other than {self.source} to contrast with"
+            if name is not None and name not in self.corpora:
+                status = f"No corpus named {name} is loaded"
+            out["other_corpus_statistics"] = (key, None)
+            out["other_corpus_status"] = (status, status)
+            return
+        out["other_corpus_statistics"], out["other_corpus_status"] = self._job_outputs(name, corpus, key)
+
+    def _job_outputs(self, name: str | None, corpus: Corpus, corpus_key: Hashable) -> tuple[tuple, tuple]:
+        """``((key, statistics), (status, status))`` of the shared statistics job of ``corpus``."""
         job = statistics_job(corpus)
         if not job.done.is_set():
             job.listen(self._statistics_listener())
             done, total = job.progress
-            status = f"Computing the corpus statistics of {self.source}: {done} of {total} documents…"
-            out["corpus_statistics"] = ((corpus_key, "pending"), None)
-            out["corpus_status"] = (status, status)
-            return
+            status = f"Computing the corpus statistics of {name}: {done} of {total} documents…"
+            return ((corpus_key, "pending"), None), (status, status)
         if job.error is not None:
-            status = f"Corpus statistics are not available for {self.source}: {job.error}"
-            out["corpus_statistics"] = ((corpus_key, "failed"), None)
-            out["corpus_status"] = (status, status)
-            return
-        out["corpus_statistics"] = ((corpus_key, Ref(job.result)), job.result)
+            status = f"Corpus statistics are not available for {name}: {job.error}"
+            return ((corpus_key, "failed"), None), (status, status)
         problems = "; ".join(getattr(job.result, "problems", []) or [])
-        out["corpus_status"] = (problems, problems)
+        return ((corpus_key, Ref(job.result)), job.result), (problems, problems)
 
     def _statistics_listener(self) -> Callable[[], None]:
         """What the statistics job calls when it advances or ends: derive again, in this session's
@@ -408,12 +447,16 @@ class Explorer(SessionActions, DocumentReader):
         return callback
 
     def wait_for_statistics(self, timeout: float | None = None) -> bool:
-        """Wait until the corpus statistics job of the explored corpus has ended (for tests and scripts),
-        then derive; whether it ended within ``timeout`` seconds."""
-        corpus = self.corpus(self.source)
-        if corpus is None:
-            return True
-        ended = statistics_job(corpus).done.wait(timeout)
+        """Wait until the corpus statistics job of the explored corpus (and of :attr:`store_source`, when
+        it names another corpus) has ended (for tests and scripts), then derive; whether they ended within
+        ``timeout`` seconds."""
+        names = [self.source] + ([self.store_source] if self.store_source not in (None, self.source) else [])
+        corpora = [c for c in map(self.corpus, names) if c is not None]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended = True
+        for corpus in corpora:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ended = statistics_job(corpus).done.wait(left) and ended
         self.derive()
         return ended
 
@@ -475,9 +518,18 @@ _UNSET = object()
 #: Outputs derived whatever the views show: the controls depend on them.
 ALWAYS = ("document", "attention")
 #: Outputs derived only while a visible view shows them (see :attr:`Explorer.needed`).
-OPTIONAL = ("table", "layer_matrices", "head_summary", "other_matrix", "corpus_statistics", "corpus_status")
+OPTIONAL = (
+    "table",
+    "layer_matrices",
+    "head_summary",
+    "other_matrix",
+    "corpus_statistics",
+    "corpus_status",
+    "other_corpus_statistics",
+    "other_corpus_status",
+)
 #: Optional outputs derived only while :attr:`Explorer.needed` names them (``None`` does not ask for them).
-ON_REQUEST = ("corpus_statistics", "corpus_status")
+ON_REQUEST = ("corpus_statistics", "corpus_status", "other_corpus_statistics", "other_corpus_status")
 
 
 class StatisticsJob:

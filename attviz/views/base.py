@@ -46,6 +46,8 @@ LINKED: dict[str, str] = {
     "layer": "the selected layer (int)",
     "head": "the selected head (int)",
     "doc_id": "the id of the current document",
+    "store_source": "the corpus whose statistics the view asks for as `other_corpus_statistics` (store A vs store B "
+    "over the same texts); None: none",
 }
 
 #: Extra inputs the explorer gives a view that declares a parameter of this name (one way).
@@ -60,6 +62,11 @@ INPUTS: dict[str, str] = {
     "current_corpus": "the corpus explored (an attviz Corpus), for views that compute over its documents on request",
     "corpus_status": "why the corpus statistics are not shown yet: being computed (with the progress), or why they "
     "cannot be ('' when shown)",
+    "other_corpus_statistics": "the corpus statistics of the corpus named by the linked `store_source` (a "
+    "CorpusStatistics), or None while they are computed or when none is asked for",
+    "other_corpus_status": "why `other_corpus_statistics` are not shown yet: being computed, or why they cannot be",
+    "other_sources": "the names of the loaded corpora other than the explored one (list of str)",
+    "compare_source": "the corpus of the comparison (the Compare tab's), or None",
 }
 
 _TOKEN_DIMS = {"query", "key", "token"}

@@ -11,7 +11,11 @@
 - **Contrasts**: one group of documents against another (by label, prediction or correctness) on
   every head metric or token type: Mann–Whitney / KS p, Benjamini–Hochberg q, Cliff's δ with its
   bootstrap interval; the weighted log-odds tokens, the per-class token ranking and per-class log-value
-  histograms and QQ plots (:mod:`attviz.analysis.differences`).
+  histograms and QQ plots (:mod:`attviz.analysis.differences`). With a second corpus loaded, "another
+  store": this corpus against another one over the same texts (two checkpoints or models), the documents
+  paired by text, with the Wilcoxon signed-rank test (:func:`~attviz.analysis.differences.compare_stores`);
+  the other corpus's statistics come from the explorer (``other_corpus_statistics``, asked for through the
+  linked ``store_source`` only while this contrast is chosen).
 - **Query–key space**: the selected head's queries and keys in one 2-D map
   (:func:`attviz.analysis.qkspace.qk_space`), computed on request; a box or lasso selection lists its
   tokens, and a click on one opens its document with the token selected.
@@ -47,6 +51,9 @@ DATASHADE_ABOVE = 20_000
 #: Rows of the query–key selection table.
 MAX_SELECTED_ROWS = 500
 CONTRAST_BY = {"gold label": "label", "prediction": "prediction", "correct or wrong": "correct"}
+#: The ``contrast_by`` value of store A (this corpus) vs store B (another loaded corpus over the same texts).
+STORE = "store"
+STORE_BY = {**CONTRAST_BY, "another store": STORE}
 QK_COLOURS = {"role (query / key)": "role", "token": "token", "class": "label", "position": "position"}
 PATTERN_COLOURS = {"vertical": "#1f77b4", "diagonal": "#ff7f0e", "block": "#2ca02c", "heterogeneous": "#7f7f7f"}
 SUB_TABS = ("Head atlas", "Similarity", "Contrasts", "Query–key space")
@@ -163,6 +170,16 @@ class CorpusView(View):
     group_a = param.Selector(default=None, objects=[], allow_None=True, doc="The first group of the contrast.")
     group_b = param.Selector(default=None, objects=[], allow_None=True, doc="The second group ('rest': all others).")
     contrast_on = param.Selector(default="heads", objects=["heads", "tokens"], doc="Contrast head metrics or tokens.")
+    store_b = param.Selector(
+        default=None, objects=[], allow_None=True, doc="The other corpus (store B) of the 'another store' contrast."
+    )
+    store_source = param.String(
+        default=None, allow_None=True, doc="The corpus whose statistics this view asks for (linked; None: none)."
+    )
+    other_corpus_statistics = param.Parameter(default=None, doc="The statistics of `store_source` (an input).")
+    other_corpus_status = param.String(default="", doc="Why the statistics of `store_source` are not shown yet.")
+    other_sources = param.List(default=[], doc="The other loaded corpora (an input): the choices of `store_b`.")
+    compare_source = param.String(default=None, allow_None=True, doc="The Compare tab's corpus: `store_b`'s default.")
     qk_colour = param.Selector(default="role", objects=QK_COLOURS, doc="What colours the query–key map.")
 
     def __init__(self, **params: Any) -> None:
@@ -177,6 +194,7 @@ class CorpusView(View):
         self._heads = np.zeros(0, dtype=np.int64)
         self._contrasts: dict[Any, Any] = {}
         self._contrast_request: object | None = None
+        self._restore: Callable[[], None] | None = None  # shows the contrast just computed again (its tables)
         self._qk: dict[Any, Any] = {}
         self.qk_space: Any = None  # the QKSpace shown
         self._qk_points = pd.DataFrame()
@@ -198,6 +216,7 @@ class CorpusView(View):
         self.qk_button = pn.widgets.Button(label="Compute", color="primary", width=120)
         self.qk_button.on_click(self._on_compute)
         self.sub_tabs = pn.Tabs(dynamic=True, sizing_mode="stretch_width")
+        self._fill_stores()
         self._update_data()
 
     # -- data ----------------------------------------------------------------------------------
@@ -601,6 +620,104 @@ class CorpusView(View):
             present = [v for v in ("correct", "wrong") if v in present]
         return present
 
+    # -- store A vs store B --------------------------------------------------------------------------
+    @param.depends("other_sources", "compare_source", watch=True)
+    def _fill_stores(self) -> None:
+        """Offer "another store" while another corpus is loaded; its default: the Compare tab's corpus,
+        else the first other corpus."""
+        others = [str(n) for n in self.other_sources or []]
+        self.param.contrast_by.objects = STORE_BY if others else CONTRAST_BY
+        self.param.store_b.objects = others
+        fixes: dict[str, Any] = {}
+        if self.store_b not in others or (self.contrast_by != STORE and self.compare_source in others):
+            default = self.compare_source if self.compare_source in others else (others[0] if others else None)
+            fixes["store_b"] = default
+        if not others and self.contrast_by == STORE:
+            fixes["contrast_by"] = "label"
+        if fixes:
+            self.param.update(fixes)
+
+    @param.depends("contrast_by", "store_b", watch=True)
+    def _ask_for_store(self) -> None:
+        """Ask the explorer (linked ``store_source``) for store B's statistics while that contrast is chosen."""
+        wanted = self.store_b if self.contrast_by == STORE else None
+        if self.store_source != wanted:
+            self.store_source = wanted
+
+    @param.depends("store_source", watch=True)
+    def _store_asked(self) -> None:
+        """The explorer (a notebook) asked for another store: show that contrast."""
+        name = self.store_source
+        offered = name is not None and name in self.param.store_b.objects
+        if offered and (self.store_b, self.contrast_by) != (name, STORE):
+            self.param.update(store_b=name, contrast_by=STORE)
+
+    @param.depends("other_corpus_statistics", "other_corpus_status", watch=True)
+    def _store_arrived(self) -> None:
+        if self.contrast_by == STORE and self._active() == "Contrasts":
+            self._update_contrast()
+
+    def _other_stats(self) -> Any:
+        other = self.other_corpus_statistics
+        return other if other is not None and self.can_show(other) else None
+
+    def _store_table(self, stats: Any, other: Any) -> pd.DataFrame:
+        """This corpus vs store B, paired by text (cached per statistics), sorted by the paired test's p."""
+        from attviz.analysis.differences import compare_stores
+
+        key = ("store", id(stats), id(other), self.contrast_on)
+        if key not in self._contrasts:
+            frame = compare_stores(stats, other, on=self.contrast_on, match="text", ci_rows=100, resamples=500)
+            if "p_wilcoxon" in frame and len(frame):
+                attrs = dict(frame.attrs)
+                frame = frame.sort_values(["p_wilcoxon", "p_mannwhitney"], kind="stable").reset_index(drop=True)
+                frame.attrs.update(attrs)
+            self._contrasts[key] = frame
+        return self._contrasts[key]
+
+    def _compute_store_contrast(self, stats: Any) -> list[Any]:
+        other = self._other_stats()
+        if not self.other_sources:
+            return [_notice("Load a second corpus of the same texts (attviz serve A.zarr B.zarr) to contrast stores.")]
+        if other is None:
+            status = self.other_corpus_status
+            if not status:
+                status = f"Waiting for the corpus statistics of {self.store_b}…"
+            computing = status.startswith(("Computing", "Waiting"))
+            return [_notice(status, "info" if computing else "warning")]
+        frame = self._store_table(stats, other)
+        what = "head metrics" if self.contrast_on == "heads" else "token types"
+        parts: list[Any] = [
+            pn.pane.HTML(
+                f"This corpus (a) vs <b>{html.escape(str(self.store_b))}</b> (b) over "
+                f"{int(frame.attrs.get('documents', 0))} documents paired by text, on {what}: Wilcoxon signed-rank "
+                "p (paired) with its Benjamini–Hochberg q, Mann–Whitney U and KS p, Cliff's δ (a > b is positive) "
+                "with its 95% bootstrap interval. Click a row to select its head (and open the document where its "
+                "token is strongest).",
+                sizing_mode="stretch_width",
+            )
+        ]
+        first = ["layer", "head", "metric", "type", "delta", "delta_low", "delta_high", "p_wilcoxon", "q_wilcoxon"]
+        order = [c for c in first if c in frame] + [c for c in frame.columns if c not in first]
+        shown = frame[order].rename(columns={"delta": "δ", "delta_low": "δ low", "delta_high": "δ high"})
+        self._shows(frame, shown)
+        parts.append(self.contrast_table)
+        return parts
+
+    def _shows(self, frame: pd.DataFrame, shown: pd.DataFrame, odds: pd.DataFrame | None = None) -> None:
+        """Show a contrast (its row clicks select from ``frame``), now and whenever its setting returns."""
+
+        def restore() -> None:
+            if getattr(self, "contrast_frame", None) is frame:  # shown already (e.g. a head click): keep the page
+                return
+            self.contrast_frame = frame
+            _show(self.contrast_table, shown)
+            if odds is not None:
+                _show(self.log_odds_table, odds)
+
+        restore()
+        self._restore = restore
+
     @param.depends("contrast_by", watch=True)
     def _fill_groups(self) -> None:
         from attviz.analysis.differences import REST
@@ -617,13 +734,22 @@ class CorpusView(View):
         stats = self.stats
         if stats is None:
             return [_notice("No corpus statistics.")]
-        key = (id(stats), self.contrast_by, self.group_a, self.group_b, self.contrast_on, self._position())
+        key: tuple = (id(stats), self.contrast_by, self.group_a, self.group_b, self.contrast_on, self._position())
+        if self.contrast_by == STORE:
+            other = self._other_stats()
+            key = (id(stats), STORE, self.store_b, id(other), self.other_corpus_status, self.contrast_on)
         if key not in self._contrasts:
+            self._restore = None
             try:
-                self._contrasts[key] = self._compute_contrast(stats)
+                parts = self._compute_contrast(stats)
             except Exception as exc:  # e.g. one class only: say why, keep the view
-                self._contrasts[key] = [_notice(f"No contrast: {exc}", "warning")]
-        return self._contrasts[key]
+                parts = [_notice(f"No contrast: {exc}", "warning")]
+            self._contrasts[key] = (parts, self._restore)
+        else:  # the tables are shared by every setting: show this setting's again
+            parts, restore = self._contrasts[key]
+            if restore is not None:
+                restore()
+        return parts
 
     def _tables(self, stats: Any) -> tuple[pd.DataFrame, pd.DataFrame | str]:
         """The contrast table and the log-odds tokens (or why there are none), cached per settings."""
@@ -643,11 +769,12 @@ class CorpusView(View):
     def _compute_contrast(self, stats: Any) -> list[Any]:
         from attviz.analysis.differences import class_ranking, log_values, qq_data
 
+        if self.contrast_by == STORE:
+            return self._compute_store_contrast(stats)
         by, a, b = self.contrast_by, self.group_a, self.group_b
         if a is None or a == b:
             return [_notice("Choose two different groups.", "warning")]
         frame, odds = self._tables(stats)
-        self.contrast_frame = frame
         parts: list[Any] = [
             pn.pane.HTML(
                 f"<b>{html.escape(str(a))}</b> ({int(frame['n_a'].iloc[0]) if len(frame) else 0} documents) vs "
@@ -671,12 +798,11 @@ class CorpusView(View):
         ]
         order = [c for c in first if c in frame] + [c for c in frame.columns if c not in first]
         shown = frame[order].rename(columns={"delta": "δ", "delta_low": "δ low", "delta_high": "δ high"})
-        _show(self.contrast_table, shown)
+        self._shows(frame, shown, None if isinstance(odds, str) else odds)
         parts.append(self.contrast_table)
         if isinstance(odds, str):
             parts.append(_notice(f"No log-odds: {odds}", "warning"))
         else:
-            _show(self.log_odds_table, odds)
             parts += [pn.pane.Markdown("**Tokens that separate the groups** (weighted log-odds, Monroe et al. 2008)")]
             parts.append(self.log_odds_table)
         position = self._position()
@@ -752,7 +878,10 @@ class CorpusView(View):
         self._contrast_request = token
         self.contrast_area.loading = True
         try:
-            if stats is not None and self.group_a is not None and self.group_a != self.group_b:
+            other = self._other_stats()
+            if stats is not None and self.contrast_by == STORE and other is not None:
+                await asyncio.to_thread(self._store_table, stats, other)  # the slow part (cached)
+            elif stats is not None and self.group_a is not None and self.group_a != self.group_b:
                 await asyncio.to_thread(self._tables, stats)  # the slow part (cached); its errors show below
         except Exception:
             pass
@@ -762,15 +891,18 @@ class CorpusView(View):
                 self._show_contrast()
 
     def _contrasts_tab(self) -> pn.Column:
+        groups = self.param.contrast_by.rx.pipe(lambda by: by != STORE)
+        store = self.param.contrast_by.rx.pipe(lambda by: by == STORE)
         controls = pn.Row(
             pn.widgets.Select.from_param(self.param.contrast_by, label="Groups by", width=180),
-            pn.widgets.Select.from_param(self.param.group_a, label="Group a", width=180),
-            pn.widgets.Select.from_param(self.param.group_b, label="Group b", width=180),
+            pn.widgets.Select.from_param(self.param.group_a, label="Group a", width=180, visible=groups),
+            pn.widgets.Select.from_param(self.param.group_b, label="Group b", width=180, visible=groups),
+            pn.widgets.Select.from_param(self.param.store_b, label="Other store", width=220, visible=store),
             pn.widgets.RadioButtonGroup.from_param(self.param.contrast_on, label="On", margin=(25, 10)),
         )
         return pn.Column(controls, self.contrast_area, sizing_mode="stretch_width")
 
-    @param.depends("contrast_by", "group_a", "group_b", "contrast_on", "layer", "head", watch=True)
+    @param.depends("contrast_by", "group_a", "group_b", "store_b", "contrast_on", "layer", "head", watch=True)
     def _contrast_changed(self) -> None:
         if self._active() == "Contrasts":
             self._update_contrast()
