@@ -392,16 +392,17 @@
     box.replaceChildren(summary);
     if (!d.probabilities.length) { box.append(el("p", "attviz-note", "No class probabilities stored.")); return; }
     const table = el("table", "attviz-probs");
-    [...d.probabilities].sort((a, b) => b[1] - a[1]).forEach(([name, p]) => {
+    // a probability is null where the model has none for that class (a gold label outside a zero-shot model's labels)
+    [...d.probabilities].sort((a, b) => (b[1] ?? -1) - (a[1] ?? -1)).forEach(([name, p]) => {
       const row = el("tr", name === d.prediction ? "attviz-predicted" : "");
       const label = el("td", "", name);
       if (name === d.label) label.append(" ", el("span", "attviz-tag", "gold"));
       if (name === d.prediction) label.append(" ", el("span", "attviz-tag", "predicted"));
       const bar = el("div", "attviz-bar");
-      bar.style.width = `${Math.max(0, Math.min(1, p)) * 100}%`;
+      bar.style.width = `${p == null ? 0 : Math.max(0, Math.min(1, p)) * 100}%`;
       const barCell = el("td", "attviz-bar-cell");
       barCell.append(bar);
-      row.append(label, barCell, el("td", "attviz-num", p.toFixed(3)));
+      row.append(label, barCell, el("td", "attviz-num", p == null ? "–" : p.toFixed(3)));
       table.append(row);
     });
     box.append(table);

@@ -16,6 +16,7 @@ The quantisation is :mod:`attviz.quantize`'s, the store's own: a row holding NaN
 from __future__ import annotations
 
 import base64
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,6 +217,15 @@ def _window_note(notes: list[str], start: int, stop: int, n: int, max_tokens: in
         )
 
 
+def _finite_or_none(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN or infinite (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _entry(
     doc: Document,
     tokens: pd.DataFrame,
@@ -229,7 +239,8 @@ def _entry(
     """The manifest entry of a document (its ``payload`` is ``"matrix"``; a q/k entry adds ``qk``)."""
     n = len(tokens)
     layout = text_layout(tokens, doc.text, start, stop)
-    probabilities = [[str(k), float(v)] for k, v in (doc.probabilities or {}).items()]
+    # a class without a probability (NaN: a gold label outside a zero-shot model's labels) is null in JSON
+    probabilities = [[str(k), _finite_or_none(v)] for k, v in (doc.probabilities or {}).items()]
     wrong = doc.label is not None and doc.prediction is not None and doc.label != doc.prediction
     option = " · ".join(str(v) for v in (doc.id, doc.label) if v) + (f" → {doc.prediction}" if doc.prediction else "")
     entry = {

@@ -116,7 +116,7 @@ def _fast_floats(data: list) -> list[float] | None:
         return None
     try:
         row = [float(v) for v in data]
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if any(math.isinf(v) for v in row) or any(type(v) is str and "_" in v for v in data):
         return None
@@ -163,8 +163,13 @@ class _Parser:
         if isinstance(value, str) and "_" not in value:
             with contextlib.suppress(ValueError):
                 result = float(value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            result = float(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                result = float(value)
+            except OverflowError:
+                result = math.inf  # an integer too large for a float: not finite
+        elif isinstance(value, float):
+            result = value
         expected = _NUMBER if allow_nan else "a finite number"
         if result is None:
             what = f"{value!r} is" if isinstance(value, str) else f"is {_kind(value)},"
@@ -317,6 +322,7 @@ class AttVizJSONReader(Reader):
     description: ClassVar[str] = "original AttViz JSON (instances with per-token attention vectors)"
     extensions: ClassVar[tuple[str, ...]] = (".json",)
     peek_bytes: ClassVar[int] = 1 << 20
+    accepts_limits: ClassVar[bool] = True
 
     def guess_can_open(self, source: Any) -> bool:
         if not super().guess_can_open(source) or not os.path.isfile(source):
@@ -326,9 +332,16 @@ class AttVizJSONReader(Reader):
         start = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
         return start in (b"[", b"{") and b'"sets"' in head
 
-    def read(self, source: Any, *, set_index: int = 0, **kwargs: Any) -> Corpus:
-        """Read a file (or already-parsed JSON data); ``set_index`` picks the set to import."""
+    def read(self, source: Any, *, set_index: int = 0, limits: Any = None, **kwargs: Any) -> Corpus:
+        """Read a file (or already-parsed JSON data); ``set_index`` picks the set to import.
+
+        ``limits`` (:class:`~attviz.limits.Limits`) bounds the nesting depth, documents and tokens.
+        """
+        from attviz.limits import default_limits
+
+        limits = limits or default_limits()
         if not isinstance(source, str | os.PathLike):
+            check_json(source, None, limits)
             return parse_attviz_json(source, set_index=set_index)
         file = os.fspath(source)
         try:
@@ -337,6 +350,11 @@ class AttVizJSONReader(Reader):
             raise InputError("no such file", file=file) from exc
         except UnicodeDecodeError as exc:
             raise InputError(f"not UTF-8 text (byte {exc.start})", file=file, expected=_FORMAT) from exc
+        depth = _bracket_depth(raw)
+        if depth > limits.max_depth:
+            raise InputError(
+                f"JSON is nested {depth} levels deep, over the limit of {limits.max_depth}", file=file, expected=_FORMAT
+            )
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
@@ -345,7 +363,82 @@ class AttVizJSONReader(Reader):
                 file=file,
                 expected=_FORMAT,
             ) from exc
+        except RecursionError as exc:
+            raise InputError("JSON is nested too deeply to read", file=file, expected=_FORMAT) from exc
+        except ValueError as exc:  # e.g. an integer over Python's digit limit
+            raise InputError(f"not valid JSON: {exc}", file=file, expected=_FORMAT) from exc
+        check_json(data, file, limits, strings=_SURROGATE_ESCAPE.search(raw) is not None)
         return parse_attviz_json(data, file=file, set_index=set_index)
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text, outside strings (an upper bound is fine)."""
+    # strings may hold brackets: drop them first (escaped quotes included)
+    stripped = _STRINGS.sub("", text)
+    depth = deepest = 0
+    for match in _BRACKETS.finditer(stripped):
+        if match.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def check_json(data: Any, file: str | None, limits: Any, *, strings: bool = True) -> None:
+    """Refuse parsed JSON that is nested too deeply, holds lone surrogates or is over the limits.
+
+    ``strings=False`` skips the look for lone surrogates (the text had no ``\\uD800``-style escape).
+    """
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    documents = len(data) if isinstance(data, list | dict) else 0
+    if documents > limits.max_documents:
+        raise InputError(f"has {documents:,} instances, over the limit of {limits.max_documents:,}", file=file)
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise InputError(
+                f"nested {depth} levels deep, over the limit of {limits.max_depth}", file=file, field=where or None
+            )
+        if isinstance(value, dict):
+            items = value.items()
+        elif isinstance(value, list):
+            if len(value) > limits.max_tokens and where.endswith((".tokens", ".vectors")):
+                raise InputError(
+                    f"has {len(value):,} entries, over the limit of {limits.max_tokens:,} tokens",
+                    file=file,
+                    field=where,
+                )
+            items = enumerate(value)
+        else:
+            continue
+        for key, item in items:
+            if strings and isinstance(key, str) and _has_surrogate(key):
+                raise InputError("a key holds a lone surrogate (invalid Unicode)", file=file, field=where or None)
+            if isinstance(item, list | dict):
+                at = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else f'["{key}"]')
+                stack.append((item, at, depth + 1))
+            elif strings and isinstance(item, str) and _has_surrogate(item):
+                at = f"{where}[{key}]" if isinstance(key, int) else (f"{where}.{key}" if where else f'["{key}"]')
+                raise InputError(
+                    "holds a lone surrogate escape (\\ud800-\\udfff), which is not valid Unicode",
+                    file=file,
+                    field=at,
+                    expected="text that is valid UTF-8",
+                )
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _format_value(value: float) -> str:

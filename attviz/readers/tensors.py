@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -204,11 +205,16 @@ def _check_offsets(offsets: Any, n_tokens: int, n_chars: int, file: str | None):
     return pairs[:, 0].tolist(), pairs[:, 1].tolist()
 
 
-def _load_npz(path: str) -> dict[str, Any]:
+def _load_npz(path: str, limits: Any = None) -> dict[str, Any]:
+    from attviz.limits import default_limits
+    from attviz.uploads import check_zip_directory
+
     if not zipfile.is_zipfile(path):
         raise InputError("not an .npz file (not a zip archive)", file=path, expected="a file written by np.savez")
     data: dict[str, Any] = {}
     try:
+        with zipfile.ZipFile(path) as zf:  # refuse a zip bomb from its central directory, before loading
+            check_zip_directory(zf, limits or default_limits(), path)
         with np.load(path, allow_pickle=False) as npz:
             for name in npz.files:
                 try:
@@ -220,8 +226,11 @@ def _load_npz(path: str) -> dict[str, Any]:
                         field=name,
                         expected="numeric or unicode (np.str_) arrays",
                     ) from exc
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise InputError(f"not a readable .npz file ({exc})", file=path) from exc
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"not a readable .npz file ({reason})", file=path) from exc
     if "attention" not in data and "attentions" in data:
         data["attention"] = data.pop("attentions")
     for name in ("text", "id"):
@@ -263,6 +272,7 @@ class TensorsReader(Reader):
 
     description: ClassVar[str] = "attention tensors and tokens: (attentions, tokens), .npz, .safetensors"
     extensions: ClassVar[tuple[str, ...]] = (".npz", ".safetensors")
+    accepts_limits: ClassVar[bool] = True
 
     def guess_can_open(self, source: Any) -> bool:
         if isinstance(source, str | os.PathLike):
@@ -284,16 +294,23 @@ class TensorsReader(Reader):
     def read(self, source: Any, **kwargs: Any) -> Corpus:
         """Read ``(attentions, tokens)``, a dict or a file; kwargs go to :func:`from_tensors`."""
         file = None
+        limits = kwargs.pop("limits", None)
         if isinstance(source, str | os.PathLike):
             file = os.fspath(source)
             if not os.path.isfile(file):
                 raise InputError("no such file", file=file)
             load = _load_safetensors if file.lower().endswith(".safetensors") else _load_npz
-            data = load(file)
+            data = load(file, limits) if load is _load_npz else load(file)
             data.setdefault("id", Path(file).stem)
             for name in ("attention", "tokens"):
                 if name not in data:
                     raise InputError(f"array {name!r} is missing", file=file, field=name)
+            if limits is not None and np.size(data["tokens"]) > limits.max_tokens:
+                raise InputError(
+                    f"has {np.size(data['tokens']):,} tokens, over the limit of {limits.max_tokens:,}",
+                    file=file,
+                    field="tokens",
+                )
             source = {**data, "attentions": data.pop("attention")}
         if isinstance(source, Mapping):
             options = {k: source[k] for k in ("text", "id", "offsets", "special") if k in source}
