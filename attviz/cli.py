@@ -320,18 +320,53 @@ def _convert(args: argparse.Namespace) -> int:
 
     corpus = read(args.input, reader=args.reader)
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
+    suffix = out.suffix.lower()
+    store = suffix not in (".nc", ".nc4", ".h5", ".json")
+    # a store left by a conversion killed just after it took its place is this job's, to finish
+    if out.exists() and not args.overwrite and not (store and _converted_here(out, args)):
         raise AttvizError(f"{out} already exists; pass --overwrite to replace it")
-    if out.suffix.lower() in (".nc", ".nc4", ".h5"):
-        corpus.to_netcdf(out)
-    elif out.suffix.lower() == ".json":
+    if suffix in (".nc", ".nc4", ".h5"):
+        from attviz.readers.netcdf import write_netcdf_isolated
+
+        write_netcdf_isolated(args.input, out, reader=args.reader)  # HDF5 may crash on a full disk: not here
+    elif suffix == ".json":
         from attviz.readers.legacy import write_attviz_json
 
         write_attviz_json(corpus, out)
     else:
-        corpus.save(out, overwrite=args.overwrite)
+        from attviz.store import write_corpus
+
+        try:  # a conversion that was killed resumes; one that fails removes what it wrote
+            write_corpus(corpus, out, overwrite=args.overwrite, fingerprint=_convert_job(args), keep_partial=False)
+        except OSError as exc:
+            raise AttvizError(
+                f"could not write {out}: {exc}; nothing was written (the partial store was removed); free some "
+                "disk space if it is full and run the same command again"
+            ) from exc
     print(f"wrote {len(corpus)} documents to {out}", file=sys.stderr)
     return 0
+
+
+def _convert_job(args: argparse.Namespace) -> str:
+    """What identifies a conversion (its input as it is now, the reader), so that a rerun resumes only the same one."""
+    import hashlib
+
+    source = Path(args.input).resolve()
+    parts: list = ["convert", str(source), args.reader or ""]
+    path = source / "zarr.json" if source.is_dir() else source  # (a store's folder changes with its stats/ cache)
+    if path.exists():
+        stat = path.stat()
+        parts += [stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _converted_here(out: Path, args: argparse.Namespace) -> bool:
+    from attviz.store import SETTINGS
+
+    try:
+        return json.loads((out / SETTINGS).read_text()).get("fingerprint") == _convert_job(args)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from attviz.models import (
 from attviz.policy import StoragePolicy
 from attviz.qk import matrix_bytes, qk_bytes
 from attviz.sinks import MemorySink, Sink, StoreSink
-from attviz.store import partial_path
+from attviz.store import partial_path, resume_hint
 from attviz.tokenization import Unit, add_targets, make_batches, pad_batch, tokenize
 
 LONG_TEXT_MODES = ("truncate", "window")
@@ -229,8 +229,11 @@ def extract(
             )
             cluster.run(job, batches, sink, capture, advance)
         else:
+            capture.check = sink.remembered.get("qk_check")  # a resumed job reports the check of its first run
             for batch in batches:
                 sink.write_batch(run_batch(loaded, batch, predictor, capture))
+                if capture.check is not None and "qk_check" not in sink.remembered:
+                    sink.remember("qk_check", capture.check)
                 advance(len(batch))
         sink.drain()
     except BaseException as exc:
@@ -238,6 +241,8 @@ def extract(
         bar.close()
         if cluster is not None:
             cluster.close()
+        if isinstance(exc, OSError) and store is not None:  # e.g. a full disk: the finished documents are kept
+            raise ExtractionInterrupted(f"{exc}; {resume_hint(store, len(sink.done))}") from exc
         if isinstance(exc, KeyboardInterrupt) and store is not None:
             raise ExtractionInterrupted(
                 f"interrupted after {len(sink.done)} of {len(units)} documents; they are kept in "

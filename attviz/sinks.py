@@ -14,8 +14,9 @@ import pandas as pd
 
 from attviz.capture import array_attrs, materialize
 from attviz.corpus import Corpus, Document, build_table, kind_role
+from attviz.errors import StoreError
 from attviz.policy import StoragePolicy
-from attviz.store import StoreWriter, stored_array
+from attviz.store import StoreWriter, resume_hint, stored_array
 from attviz.tokenization import Unit
 
 
@@ -59,6 +60,12 @@ class Sink:
             attrs.update(cache[base])
         attrs.update(self.extra_attrs)
         return {k: materialize(v) for k, v in arrays.items()}, {k: attrs.get(k, {}) for k in arrays}
+
+    #: What the job remembered in an earlier, interrupted run (:meth:`remember`).
+    remembered: Mapping[str, Any] = {}
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep ``value`` for a rerun that resumes this job (a store's sink only)."""
 
     def write_batch(self, results: list) -> None: ...
     def drain(self) -> None: ...
@@ -127,6 +134,13 @@ class StoreSink(Sink):
     def done(self) -> set[int]:
         return self.writer.done
 
+    @property
+    def remembered(self) -> Mapping[str, Any]:  # type: ignore[override]
+        return self.writer.remembered
+
+    def remember(self, key: str, value: Any) -> None:
+        self.writer.remember(key, value)
+
     def _write(self, results: list) -> None:
         _write_documents(self, self.writer, results)
         self.writer.flush()
@@ -157,7 +171,11 @@ class StoreSink(Sink):
 
     def finish(self, attrs, units, label_names) -> Corpus:
         self.pool.shutdown(wait=True)
-        self.writer.finalize(attrs, label_names)
+        try:
+            self.writer.finalize(attrs, label_names)
+        except OSError as exc:  # a full disk while finishing: every document is kept, a rerun finishes it
+            hint = resume_hint(self.store, len(self.done))
+            raise StoreError(f"could not finish {self.store}: {exc}; {hint}") from exc
         return Corpus.open(self.store)
 
 

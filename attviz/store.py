@@ -24,6 +24,8 @@ to ``STORE``, so a crash never leaves something that opens as a valid store.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import shutil
@@ -59,6 +61,7 @@ from attviz.corpus import (
     vector_array,
 )
 from attviz.errors import StoreError
+from attviz.faults import fault_point
 from attviz.qk import QK_ARRAY, QK_BIAS_ARRAY, QKAttention, pack, unpack
 from attviz.quantize import (  # noqa: F401  (re-exported: the store's quantisation lives there)
     QuantizationError,
@@ -91,6 +94,8 @@ STAGING = ".staging"
 COMPRESSION = ("lz4", "zstd", "none", "uint8")
 DEFAULT_COMPRESSION = "lz4"
 SETTINGS = "settings.json"
+#: What a job remembers between its runs (:meth:`StoreWriter.remember`), e.g. the result of a check made once.
+JOB = "job.json"
 UINT8 = "uint8-row-scale"  # the name of the quantised encoding, in attrs
 MATRIX_DIMS = ("layer", "head", "query", "key")
 _DIMS = {"legacy": ("vector", "token"), "vectors": VECTOR_DIMS, "summary": SUMMARY_DIMS}
@@ -147,26 +152,42 @@ class StoreWriter:
         self._codec = "zstd" if compression == "uint8" else compression
         self.path = Path(path)
         self.partial = partial_path(self.path)
-        if self.path.exists() and not overwrite:
-            raise StoreError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it")
         self.overwrite = overwrite
         self.records: dict[int, dict[str, Any]] = {}
         self._written: dict[str, Any] = {}  # metadata written by this writer, by path
-        settings_file = self.partial / SETTINGS
+        self._staging: Path | None = None
+        self.finished = False
+        self.remembered: dict[str, Any] = {}
         settings = {"fingerprint": fingerprint, "compression": compression}
-        if self.partial.exists() and resume and not overwrite and settings_file.exists():
-            previous = json.loads(settings_file.read_text())
-            if previous.get("fingerprint") != fingerprint:
-                raise StoreError(
-                    f"{self.partial} holds an unfinished job with different settings or inputs; "
-                    "delete it or pass overwrite=True (--overwrite) to start again"
-                )
-            if previous.get("compression", compression) != compression:
+        if self.path.exists():
+            if fingerprint and resume and _read_settings(self.path / SETTINGS) == settings:
+                # this very job was killed after its store took its place, before it removed its job files
+                self.finished = True
+                self.records = _read_progress(self.path / PROGRESS) or _finished_records(self.path)
+                self.remembered = _read_settings(self.path / JOB) or {}
+                self._progress = None
+                return
+            if not overwrite:
+                raise StoreError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it")
+        settings_file = self.partial / SETTINGS
+        previous = _read_settings(settings_file) if resume and self.partial.exists() else None
+        same = previous is not None and previous.get("fingerprint") == fingerprint
+        if same and previous.get("compression", compression) != compression:
+            if not overwrite:
                 raise StoreError(
                     f"{self.partial} holds an unfinished job with compression {previous['compression']!r}, "
                     f"not {compression!r}; rerun with the same compression, or pass overwrite=True (--overwrite)"
                 )
+            same = False
+        if previous is not None and not same and not overwrite:
+            raise StoreError(
+                f"{self.partial} holds an unfinished job with different settings or inputs; "
+                "delete it or pass overwrite=True (--overwrite) to start again"
+            )
+        if same:  # the same job (with --overwrite too: it replaces the old store once it is complete)
+            _repair_progress(self.partial / PROGRESS)
             self.records = _read_progress(self.partial / PROGRESS)
+            self.remembered = _read_settings(self.partial / JOB) or {}
         else:
             if self.partial.exists():
                 shutil.rmtree(self.partial)
@@ -175,7 +196,6 @@ class StoreWriter:
             write_json(self.partial / "docs" / "zarr.json", group_meta())
             settings_file.write_text(json.dumps(settings))  # last: a job without it starts afresh
         self._progress = open(self.partial / PROGRESS, "a", encoding="utf-8")  # noqa: SIM115
-        self._staging: Path | None = None
 
     @classmethod
     def attach(cls, path: str | os.PathLike, *, compression: str = DEFAULT_COMPRESSION, name: str = "") -> StoreWriter:
@@ -199,6 +219,8 @@ class StoreWriter:
         self.records = {}
         self._written = {}
         self._progress = None
+        self.finished = False
+        self.remembered = {}
         self._staging = self.partial / STAGING / f"{name or 'writer'}-{os.getpid()}"
         self._staging.mkdir(parents=True, exist_ok=True)
         return self
@@ -268,12 +290,21 @@ class StoreWriter:
             record["error"] = error
         if qk_kinds:
             record["qk"] = qk_kinds
+        fault_point("document")  # its files are written, its progress record is not
         if self._staging is not None:  # another process's writer owns the progress file
             _publish(directory, self.partial / "docs" / name)
             return record
         self._progress.write(json.dumps(record, ensure_ascii=False, default=json_default) + "\n")
         self.records[index] = record
         return record
+
+    def remember(self, key: str, value: Any) -> None:
+        """Keep ``value`` for the runs of this job that resume it (in ``remembered``; not in the store)."""
+        self.remembered[key] = value
+        if self._progress is not None:
+            temporary = self.partial / (JOB + ".tmp")
+            temporary.write_text(json.dumps(self.remembered, default=json_default))
+            os.replace(temporary, self.partial / JOB)
 
     def _qk(self, directory: Path, kind: str, values: QKAttention) -> None:
         """One kind kept as queries and keys: ``{kind}_qk``, one int16 shard with an inner chunk per layer
@@ -292,21 +323,26 @@ class StoreWriter:
     def _array(self, directory: Path, values: np.ndarray, dims, attrs, per_first=True, dtype=None) -> None:
         write_array(directory, values, dims, attrs, self._codec, per_first, dtype, self._written)
 
-    def flush(self) -> None:
-        """Make the progress of finished documents durable (called once per batch)."""
+    def flush(self, durable: bool = True) -> None:
+        """Make the progress of finished documents durable (called once per batch); ``durable=False``
+        only hands it to the operating system (enough to survive the process being killed)."""
         if self._progress is None:
             return
         self._progress.flush()
-        os.fsync(self._progress.fileno())
+        if durable:
+            os.fsync(self._progress.fileno())
+        fault_point("progress")
 
     def close(self) -> None:
         if self._progress is None:
             if self._staging is not None:
                 shutil.rmtree(self._staging, ignore_errors=True)
             return
-        if not self._progress.closed:
-            self.flush()
-            self._progress.close()
+        if not self._progress.closed:  # after a failure (a full disk): what did not reach the file is redone
+            with contextlib.suppress(OSError):
+                self.flush()
+            with contextlib.suppress(OSError):
+                self._progress.close()
 
     def encoding_attrs(self, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the store says about its matrices: encoding, compression and the max abs error.
@@ -325,8 +361,17 @@ class StoreWriter:
         }
 
     def finalize(self, attrs: Mapping[str, Any], label_names: Sequence[str] | None = None) -> Path:
-        """Write the table, tokens and attributes, then move the store into place atomically."""
+        """Write the table, tokens and attributes, then move the store into place atomically.
+
+        Every step may be interrupted: the progress and settings files stay in ``PATH.partial`` until the
+        store has taken its place, so a rerun of the same job redoes only what is left of this (the
+        table, tokens and consolidated metadata are written again), never a document.
+        """
+        self.flush()
         self.close()
+        if self.finished:  # killed after the rename last time: only the job files are left to remove
+            self._remove_job_files(self.path)
+            return self.path
         indices = sorted(self.records)
         if indices != list(range(len(indices))):
             raise StoreError(f"cannot finalize {self.path}: documents missing from the sequence")
@@ -341,8 +386,10 @@ class StoreWriter:
         table["token_offset"] = (("doc", "stream"), offsets)
         table["token_count"] = (("doc", "stream"), counts)
         table = table.assign_coords(stream=np.array(streams, dtype=object))
-        write_dataset(self.partial / "table", table, self._written)
-        write_dataset(self.partial / "tokens", tokens, self._written)
+        for name, dataset in (("table", table), ("tokens", tokens)):
+            shutil.rmtree(self.partial / name, ignore_errors=True)  # left by an interrupted finalize
+            write_dataset(self.partial / name, dataset, self._written)
+            fault_point(name)
         version = QUANTIZED_FORMAT_VERSION if self.compression == "uint8" else FORMAT_VERSION
         info = {
             **jsonable(dict(attrs)),
@@ -352,12 +399,34 @@ class StoreWriter:
             "documents": len(indices),
             "complete": True,
         }
-        (self.partial / PROGRESS).unlink()
-        (self.partial / SETTINGS).unlink()
         shutil.rmtree(self.partial / STAGING, ignore_errors=True)  # what attached writers left
         consolidate(self.partial, {"attviz": info}, self._written)
+        fault_point("consolidate")
         _replace_dir(self.partial, self.path)
+        try:  # the store is complete and in place: what is left to tidy up cannot fail the job
+            fault_point("renamed")
+            self._remove_job_files(self.path)
+        except OSError as exc:
+            warnings.warn(f"{self.path} is complete, but its job files are left in it ({exc})", stacklevel=2)
         return self.path
+
+    def _remove_job_files(self, where: Path) -> None:
+        """Remove the job files from a store that took its place, and what an interrupted rename left."""
+        for name in (PROGRESS, JOB, SETTINGS):  # settings last: they mark the job
+            (where / name).unlink(missing_ok=True)
+        for backup in where.parent.glob(f"{glob.escape(where.name)}.old-*"):
+            shutil.rmtree(backup, ignore_errors=True)
+
+
+def resume_hint(path: str | os.PathLike, done: int | None = None) -> str:
+    """What to tell someone whose job writing the store ``path`` failed: where the finished work is kept,
+    how to resume it and how to give up."""
+    partial = partial_path(path)
+    kept = f"the {done} finished documents are kept in {partial}" if done is not None else f"{partial} keeps the work"
+    return (
+        f"{kept}; nothing was written to {Path(path).name}; free some disk space if it is full and run the same "
+        f"command again to resume (or delete {partial} to give up)"
+    )
 
 
 def _token_dataset(per_doc: Sequence[Mapping[str, Mapping[str, list]]]):
@@ -392,7 +461,13 @@ def _replace_dir(source: Path, target: Path) -> None:
     if target.exists():
         backup = target.with_name(f"{target.name}.old-{os.getpid()}")
         os.replace(target, backup)
-    os.replace(source, target)
+    try:
+        fault_point("rename")
+        os.replace(source, target)
+    except BaseException:
+        if backup is not None:  # the old store goes back where it was
+            os.replace(backup, target)
+        raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -411,6 +486,36 @@ def _publish(staged: Path, target: Path) -> None:
         shutil.rmtree(staged, ignore_errors=True)
 
 
+def _finished_records(path: Path) -> dict[int, dict[str, Any]]:
+    """Placeholder records for the documents of a finished store (its progress file is gone already)."""
+    try:
+        documents = int(json.loads((path / "zarr.json").read_text())["attributes"]["attviz"]["documents"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {index: {} for index in range(documents)}
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    """A job's settings file, or None where there is none (or a crash cut it short)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _repair_progress(path: Path) -> None:
+    """Cut a progress file back to its last complete line (a crash or a full disk cut the last one short),
+    so that the next record starts on a line of its own."""
+    try:
+        with open(path, "rb+") as handle:
+            data = handle.read()
+            if data and not data.endswith(b"\n"):
+                handle.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
 def _read_progress(path: Path) -> dict[int, dict[str, Any]]:
     records: dict[int, dict[str, Any]] = {}
     if not path.exists():
@@ -426,15 +531,35 @@ def _read_progress(path: Path) -> dict[int, dict[str, Any]]:
 
 
 def write_corpus(
-    corpus: Corpus, path: str | os.PathLike, *, overwrite: bool = False, compression: str = DEFAULT_COMPRESSION
+    corpus: Corpus,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    compression: str = DEFAULT_COMPRESSION,
+    fingerprint: str | None = None,
+    keep_partial: bool = True,
 ) -> Path:
-    """Write an in-memory (or any) corpus as a store, atomically (``compression`` as in :class:`StoreWriter`)."""
-    writer = StoreWriter(path, overwrite=overwrite, resume=False, compression=compression)
+    """Write an in-memory (or any) corpus as a store, atomically (``compression`` as in :class:`StoreWriter`).
+
+    With a ``fingerprint`` (what identifies the source, e.g. ``attviz convert``'s input) a write that was
+    killed resumes where it stopped; ``keep_partial=False`` removes ``PATH.partial`` when the write fails
+    with an error (nothing is left under the target's name).
+    """
+    job = {"fingerprint": fingerprint or "", "resume": fingerprint is not None}
+    writer = StoreWriter(path, overwrite=overwrite, compression=compression, **job)
     try:
         for index, doc in enumerate(corpus):
+            if index in writer.done:
+                continue
             arrays, attrs, tokens = document_payload(doc)
             writer.write(index, table_row(doc), tokens, arrays, attrs)
+            writer.flush(durable=index % 64 == 63)
         return writer.finalize(corpus.attrs, corpus.label_names)
+    except BaseException:
+        writer.close()
+        if not keep_partial and not writer.finished:
+            shutil.rmtree(writer.partial, ignore_errors=True)
+        raise
     finally:
         writer.close()
 
@@ -541,9 +666,11 @@ def open_store(path: str | os.PathLike) -> Corpus:
     path = Path(path)
     if not path.exists():
         if partial_path(path).exists():
+            backups = sorted(path.parent.glob(f"{glob.escape(path.name)}.old-*"))
+            previous = f"; until then the store it replaces is in {backups[0].name}" if backups else ""
             raise StoreError(
                 f"{path} is not finished ({partial_path(path).name} holds an interrupted extraction); "
-                "run the same `attviz extract` command again to resume it"
+                f"run the same command again to resume it{previous}"
             )
         raise StoreError(f"{path}: no such store")
     if path.name.endswith(".partial"):

@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +30,6 @@ import numpy as np
 import xarray as xr
 from xarray.backends import H5NetCDFStore
 
-from attviz.atomic import atomic_path
 from attviz.corpus import (
     KIND_STREAMS,
     TOKEN_DIMS,
@@ -41,7 +44,8 @@ from attviz.corpus import (
     token_frame,
     vector_array,
 )
-from attviz.errors import InputError
+from attviz.errors import InputError, StoreError
+from attviz.faults import fault_point
 from attviz.readers.base import Reader
 from attviz.store import group_name, stored_array, stored_attrs
 
@@ -133,9 +137,102 @@ def _root_dataset(corpus: Corpus, rows: list, extra: dict[str, list], tokens: li
 
 
 def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
-    """Write ``corpus`` to one netCDF4 file (atomically: a temporary file, then a rename)."""
+    """Write ``corpus`` to one netCDF4 file, atomically: into ``PATH.partial`` beside it, then a rename.
+
+    A failure removes the partial file and leaves an existing ``PATH`` as it was; an error of the file
+    system (a full disk) is a :class:`StoreError`. HDF5 can crash the process when a write fails half-way
+    (h5netcdf's cleanup then segfaults inside h5py): :func:`write_netcdf_isolated` writes in a child
+    process, which ``attviz convert`` uses.
+    """
     path = Path(path)
-    with atomic_path(path) as temp, h5netcdf.File(temp, "w") as root:
+    temporary = _partial_file(path)
+    try:
+        _write_netcdf(corpus, temporary)
+        _replace_file(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"could not write {path}: {exc}; {_NOTHING_WRITTEN}") from exc
+        raise
+    return path
+
+
+_NOTHING_WRITTEN = "nothing was written (the partial file was removed)"
+_CHILD = "import sys; from attviz.readers.netcdf import _write_child; sys.exit(_write_child(*sys.argv[1:]))"
+_CHILD_ERROR = "attviz-netcdf-error: "
+
+
+def write_netcdf_isolated(source: str | os.PathLike, path: str | os.PathLike, reader: str | None = None) -> Path:
+    """Read ``source`` (with ``reader``, default: guessed) and write it to ``path`` as netCDF in a child
+    process, atomically: a crash inside HDF5 (a full disk) costs the child, and any failure leaves neither
+    ``PATH`` (an existing one stays as it was) nor a partial file, and raises a :class:`StoreError`."""
+    path = Path(path)
+    temporary = _partial_file(path)
+    try:
+        command = [sys.executable, "-c", _CHILD, os.fspath(source), os.fspath(temporary), reader or ""]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StoreError(f"could not write {path}: {_child_failure(result, path)}; {_NOTHING_WRITTEN}")
+        _replace_file(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"could not write {path}: {exc}; {_NOTHING_WRITTEN}") from exc
+        raise
+    return path
+
+
+def _write_child(source: str, temporary: str, reader: str = "") -> int:
+    """The child process of :func:`write_netcdf_isolated`: its error, if any, as one line on stdout."""
+    import inspect
+
+    from attviz.readers import read
+
+    # the parent has read (and where read does, vetted) the source already
+    trusted = {"sandbox": False} if "sandbox" in inspect.signature(read).parameters else {}
+    try:
+        _write_netcdf(read(source, reader=reader or None, **trusted), Path(temporary))
+    except BaseException as exc:
+        print(_CHILD_ERROR + (str(exc).splitlines() or [type(exc).__name__])[0], flush=True)
+        return 1
+    return 0
+
+
+def _child_failure(result: subprocess.CompletedProcess, path: Path) -> str:
+    """Why the child writing ``path`` failed: its own message, or the signal that ended it."""
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(_CHILD_ERROR):
+            return line[len(_CHILD_ERROR) :]
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = f"signal {-result.returncode}"
+        free = shutil.disk_usage(path.parent).free
+        return (
+            f"the netCDF writer crashed ({name}; HDF5 crashes when a write fails, e.g. on a full disk: "
+            f"{free / 1e6:.1f} MB free in {path.parent})"
+        )
+    return f"the netCDF writer failed (exit status {result.returncode})"
+
+
+def _partial_file(path: Path) -> Path:
+    """Where ``path`` is written before it takes its place (what an interrupted write left is removed)."""
+    temporary = path.with_name(path.name + ".partial")
+    temporary.unlink(missing_ok=True)
+    return temporary
+
+
+def _replace_file(temporary: Path, path: Path) -> None:
+    fault_point("netcdf-rename")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
+def _write_netcdf(corpus: Corpus, path: Path) -> None:
+    with h5netcdf.File(path, "w") as root:
         rows, tokens = [], []
         extra: dict[str, list] = {"group": [], "kinds": [], "meta": []}
         for index, doc in enumerate(corpus):
@@ -148,8 +245,9 @@ def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
             extra["group"].append(name)
             extra["kinds"].append(",".join(doc.kinds))
             extra["meta"].append(json.dumps(doc.meta, ensure_ascii=False, default=str))
+            fault_point("netcdf-document")
         _root_dataset(corpus, rows, extra, tokens).dump_to_store(H5NetCDFStore(root))
-    return path
+        fault_point("netcdf-table")
 
 
 def _frame(array: xr.DataArray, dim: str):
