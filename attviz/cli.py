@@ -446,7 +446,9 @@ def _stats(args: argparse.Namespace) -> int:
     from attviz.readers import read
 
     def statistics(source: str):
-        corpus = read(source)
+        # sandbox=False: a crash in a codec costs this command only (the sandbox keeps a server alive),
+        # and the engine's tasks open the store directly anyway
+        corpus = read(source, sandbox=False)
         stats = corpus_statistics(
             corpus,
             aggregation=args.aggregation,

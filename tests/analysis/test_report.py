@@ -219,3 +219,15 @@ def test_demo_store_report_and_tables(tmp_path):
     assert similarity.shape == (72, 72) and similarity.index[13] == "L1H1"
     ranking = pd.read_csv(tmp_path / "tables" / "class_ranking.csv")
     assert set(ranking["class"]) == {r["label"] for r in source.table.to_dict("records")}
+
+
+def test_stats_help_names_every_option():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "attviz.cli", "stats", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "usage: attviz stats" in result.stdout
+    for option in ("--by", "--compare", "--output", "--aggregation", "--scheduler", "--no-cache"):
+        assert option in result.stdout
