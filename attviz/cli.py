@@ -170,13 +170,45 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "serve",
         help="start the explorer (default: on the demo corpus)",
-        description="Start the attviz explorer in a browser.",
+        description="Start the attviz explorer in a browser. By default it listens on this machine only "
+        "(localhost) and answers only requests for localhost / 127.0.0.1 / [::1] on its port; the page, its "
+        "scripts, styles and fonts all come from this server (no network needed).",
     )
     p.add_argument("inputs", nargs="*", help="stores or files to explore (default: the demo corpus)")
     p.add_argument("--model", default=None, help="model for live input (default: bundled MiniLM)")
     p.add_argument("--port", type=int, default=5006, help="port (default 5006)")
     p.add_argument("--show", action="store_true", help="open a browser")
-    p.add_argument("--address", default=None, help="address to listen on (default: localhost)")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="address to listen on (default: localhost, this machine only); another address (e.g. 0.0.0.0) lets "
+        "other machines in and prints a warning; name the host they use with --allow-websocket-origin",
+    )
+    p.add_argument(
+        "--allow-websocket-origin",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a host name under which the page may be opened (Host header and websocket Origin), e.g. "
+        "myhost.example.org:5006 (repeatable; without a port: the served port; default: localhost only)",
+    )
+    p.add_argument(
+        "--basic-auth",
+        default=None,
+        metavar="PASSWORD|FILE",
+        help="require a login: one password (any user name), or a JSON file of {user: password} "
+        "(default: $ATTVIZ_BASIC_AUTH; a file keeps the password out of the process list)",
+    )
+    p.add_argument(
+        "--cookie-secret",
+        default=None,
+        help="secret that signs login cookies (default: $ATTVIZ_COOKIE_SECRET, else a new one each start)",
+    )
+    p.add_argument("--oauth-provider", default=None, help="log in through Panel's OAuth provider (github, google, ...)")
+    p.add_argument("--oauth-key", default=None, help="OAuth client id")
+    p.add_argument("--oauth-secret", default=None, help="OAuth client secret")
+    p.add_argument("--oauth-redirect-uri", default=None, help="OAuth redirect URI")
+    p.add_argument("--oauth-encryption-key", default=None, help="key that encrypts OAuth tokens in cookies")
 
     p = sub.add_parser(
         "stats",
@@ -435,9 +467,24 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import os
+
     from attviz.app import serve
 
-    return serve(args.inputs, model=args.model, port=args.port, show=args.show, address=args.address)
+    oauth = {
+        key: getattr(args, f"oauth_{key}") for key in ("provider", "key", "secret", "redirect_uri", "encryption_key")
+    }
+    return serve(
+        args.inputs,
+        model=args.model,
+        port=args.port,
+        show=args.show,
+        address=args.address,
+        allow_websocket_origin=args.allow_websocket_origin,
+        basic_auth=args.basic_auth or os.environ.get("ATTVIZ_BASIC_AUTH"),
+        cookie_secret=args.cookie_secret or os.environ.get("ATTVIZ_COOKIE_SECRET"),
+        oauth=oauth,
+    )
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -70,9 +70,15 @@ class SessionActions:
         from attviz.uploads import open_upload
 
         if self._upload_dir is None:
-            self._upload_dir = tempfile.TemporaryDirectory(prefix="attviz-upload-")
+            self._upload_dir = tempfile.TemporaryDirectory(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-")
         corpus = open_upload(filename, data, self._upload_dir.name)
         return self.add_corpus(os.path.splitext(os.path.basename(filename))[0] or "upload", corpus)
+
+    def remove_uploads(self) -> None:
+        """Delete the files this session uploaded (when the session ends; the corpora read from them go too)."""
+        if self._upload_dir is not None:
+            self._upload_dir.cleanup()
+            self._upload_dir = None
 
     def step(self, offset: int) -> None:
         """Move ``offset`` documents forward (negative: back) in the current corpus."""
@@ -105,6 +111,48 @@ class SessionActions:
         if self.document is None:
             raise AttvizError("no document is open")
         return Corpus([self.document], attrs=self.corpora[self.source].attrs)
+
+
+#: Uploaded files live in ``<temp>/attviz-upload-<pid>-<random>/`` (see :meth:`SessionActions.add_file`).
+UPLOAD_PREFIX = "attviz-upload-"
+
+
+def sweep_uploads(own: bool = False, root: str | os.PathLike | None = None) -> int:
+    """Remove upload folders left by servers that are gone (killed, or stopped before they could clean
+    up); with ``own``, this process's too (at shutdown). Returns how many folders were removed."""
+    import re
+    import shutil
+
+    removed = 0
+    folder = os.fspath(root) if root is not None else tempfile.gettempdir()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        match = re.fullmatch(re.escape(UPLOAD_PREFIX) + r"(\d+)-\w+", name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() and not own:
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += not os.path.exists(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _unique(name: str, taken: Mapping[str, Any]) -> str:
@@ -149,4 +197,4 @@ def corpus_name(corpus: Corpus) -> str:
     return str(corpus.attrs.get("name") or "corpus")
 
 
-__all__ = ["SessionActions", "as_corpora", "corpus_name"]
+__all__ = ["UPLOAD_PREFIX", "SessionActions", "as_corpora", "corpus_name", "sweep_uploads"]
