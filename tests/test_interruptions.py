@@ -76,6 +76,25 @@ def _recorded(store: Path) -> int:
     return 0
 
 
+def _kept_groups(store: Path) -> tuple[set[str], int]:
+    """The documents (their groups) a rerun must not write again, and the time that was so."""
+    groups: set[str] = set()
+    for where in (partial_path(store), store):
+        if (where / PROGRESS).exists():
+            for line in (where / PROGRESS).read_text(encoding="utf-8").splitlines():
+                if line.endswith("}"):
+                    groups.add(json.loads(line)["group"])
+            break
+    return groups, time.time_ns()
+
+
+def _rewritten(store: Path, groups: set[str], since: int) -> int:
+    """How many of ``groups`` the rerun wrote again (finished documents lost)."""
+    return sum(
+        any(f.stat().st_mtime_ns > since for f in (store / "docs" / g).rglob("*") if f.is_file()) for g in groups
+    )
+
+
 def _counting(monkeypatch) -> list[int]:
     """Count the documents the model runs on from now on."""
     module = sys.modules["attviz.extract"]  # (attviz.extract is also the function)
@@ -416,9 +435,13 @@ def test_sweep_attviz_extract(model_dir, cli_reference, old_store, tmp_path, sta
             assert Corpus.open(out).ids == ["doc-0000", "doc-0001"]
         else:  # nothing under the target's name
             assert not out.exists()
+    kept, since = _kept_groups(out)
     result = _attviz(*args)
     assert result.returncode == 0, result.stderr
     assert_same_store(out, reference)
+    lost = _rewritten(out, kept, since)
+    REPORT["lost"] += lost
+    assert lost == 0
 
 
 @sweep
@@ -450,8 +473,13 @@ def test_sweep_attviz_convert(reference, converted, netcdf_reference, tmp_path, 
         assert (out.read_bytes() if netcdf else _files(out)) == before  # the old output is untouched
     if not overwrite and action == "enospc" and stage != "renamed":
         assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing under the target's name
+    kept, since = _kept_groups(out)
     result = _attviz(*args)
     assert result.returncode == 0, result.stderr
+    if not netcdf:
+        lost = _rewritten(out, kept, since)
+        REPORT["lost"] += lost
+        assert lost == 0
     if netcdf:
         from attviz.readers import read
 
