@@ -278,7 +278,9 @@ def document_statistics(doc, settings: Settings, *, similarity: bool = False) ->
 
 
 @lru_cache(maxsize=4)
-def _opened(path: str):
+def _opened(path: str, stamp: int):
+    """The store at ``path`` opened once per process and version (``stamp``: its metadata's mtime, so a
+    store rewritten at the same path is opened again)."""
     from attviz.store import open_store
 
     corpus = open_store(path)
@@ -289,7 +291,8 @@ def _opened(path: str):
 def _store_task(path: str, index: int, settings_json: str, similarity: bool) -> dict[str, Any]:
     """A task for a worker: open the store (once per process) and compute one document."""
     settings = Settings(**json.loads(settings_json))
-    return document_statistics(_opened(path)[index], settings, similarity=similarity)
+    stamp = os.stat(Path(path) / "zarr.json").st_mtime_ns
+    return document_statistics(_opened(path, stamp)[index], settings, similarity=similarity)
 
 
 # -- the corpus --------------------------------------------------------------------------------
@@ -511,13 +514,24 @@ def save_statistics(store: str | os.PathLike, stats: CorpusStatistics) -> Path:
         (temporary / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
         with _write_lock:
             if target.exists():
-                shutil.rmtree(temporary)
-                return target
+                if _cached_documents(target) == meta["documents"]:  # the same statistics, written meanwhile
+                    shutil.rmtree(temporary)
+                    return target
+                stale = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.stale"  # of other documents
+                os.replace(target, stale)
+                shutil.rmtree(stale, ignore_errors=True)
             os.replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return target
+
+
+def _cached_documents(target: Path) -> list[str] | None:
+    try:
+        return json.loads((target / "stats.json").read_text(encoding="utf-8")).get("documents")
+    except (OSError, ValueError):
+        return None
 
 
 def load_statistics(store: str | os.PathLike, settings: Settings, documents: pd.DataFrame) -> CorpusStatistics | None:

@@ -245,3 +245,21 @@ def test_fuji_similarity_ranks_the_same_token_occurrences(stats):
     values = stats.tokens["value"].values  # fewer entries than max_entries: all of them, in order
     a, b = values[:, 0, 0], values[:, 1, 2]  # flat heads 0 and 5
     assert fuji.values[0, 5] == pytest.approx(aufuji(a, b, step="exp"))
+
+
+def test_statistics_of_changed_documents_replace_the_stale_cache(corpus, tmp_path):
+    store = Corpus(list(corpus)[:8]).save(tmp_path / "s.zarr")
+    first = corpus_statistics(store)
+    target = engine.statistics_path(store.path, first.settings)
+    grown = Corpus(list(corpus)[:10]).save(tmp_path / "s.zarr", overwrite=True)
+    # a store rewritten in place keeps no stats/ group; put the old one back as if it had survived
+    if not target.exists():
+        first_again = engine.CorpusStatistics(
+            first.heads, first.tokens, first.similarity, first.documents, first.settings
+        )
+        engine.save_statistics(grown.path, first_again)
+    assert engine.load_statistics(grown.path, first.settings, grown.table) is None  # stale: other documents
+    second = corpus_statistics(grown)
+    assert second.heads.sizes["doc"] == 10
+    again = engine.load_statistics(grown.path, first.settings, grown.table)  # replaced, not kept
+    assert again is not None and again.heads.sizes["doc"] == 10
