@@ -13,6 +13,7 @@ request URLs go to ``page_log``; any console error or page error fails the test)
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -261,3 +262,22 @@ def screenshot() -> Callable[[Any, str], Path]:
         return path
 
     return take
+
+
+@pytest.fixture
+def server_log() -> Iterator[Any]:
+    """Errors and tracebacks the server logs during the test (it runs in this process)."""
+    from tests.test_state_space import Errors
+
+    errors = Errors()
+    logging.getLogger().addHandler(errors)
+    try:
+        yield errors
+    finally:
+        logging.getLogger().removeHandler(errors)
+    assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
+
+
+def idle(page: Any) -> None:
+    """Wait until Panel's busy spinner is gone."""
+    page.locator(".loader.spin").wait_for(state="detached")

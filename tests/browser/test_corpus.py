@@ -3,16 +3,13 @@ and a head click that the document views follow; no error in the page or the ser
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.browser.conftest import _wait_until
+from tests.browser.conftest import _wait_until, idle
 from tests.browser.test_explorer import ExplorerServer, open_explorer, serve_explorer, tab
-from tests.test_state_space import Errors
 
 # The figure named ``name`` that is drawn now (a replaced figure may linger in the document unshown).
 SHOWN_FIGURE = """const shown = (name) => [...Bokeh.documents[0].all_models].filter(
@@ -48,21 +45,6 @@ def server() -> Iterator[ExplorerServer]:
 
     corpus_statistics(load_corpora()["demo"])  # cached in the demo store (~30 s the first time only)
     yield from serve_explorer(lambda: create_app(live=False))
-
-
-@pytest.fixture
-def server_log() -> Iterator[Errors]:
-    errors = Errors()
-    logging.getLogger().addHandler(errors)
-    try:
-        yield errors
-    finally:
-        logging.getLogger().removeHandler(errors)
-    assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
-
-
-def idle(page: Any) -> None:
-    page.locator(".loader.spin").wait_for(state="detached")
 
 
 def test_the_corpus_tab(page, page_log, server, server_log, screenshot, record_property, monkeypatch):

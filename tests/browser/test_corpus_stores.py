@@ -3,17 +3,15 @@ by a randomly initialised checkpoint of the same shape, served together; no erro
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import _wait_until
-from tests.browser.test_corpus import FIGURE_JS, idle
+from tests.browser.conftest import _wait_until, idle
+from tests.browser.test_corpus import FIGURE_JS
 from tests.browser.test_explorer import ExplorerServer, open_explorer, serve_explorer, tab
-from tests.test_state_space import Errors
 
 TEXTS = 8  # demo texts in each store (keeps the extraction and the statistics to seconds)
 
@@ -57,17 +55,6 @@ def server(stores: list[str]) -> Iterator[ExplorerServer]:
         with urllib.request.urlopen(served.url, timeout=120) as response:  # a first session warms the server
             response.read()
         yield served
-
-
-@pytest.fixture
-def server_log() -> Iterator[Errors]:
-    errors = Errors()
-    logging.getLogger().addHandler(errors)
-    try:
-        yield errors
-    finally:
-        logging.getLogger().removeHandler(errors)
-    assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
 
 
 def test_store_a_vs_store_b(page, page_log, server, server_log, screenshot):

@@ -7,16 +7,14 @@ fixture) and on any traceback or error the server logs while it runs.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests import corpora
-from tests.browser.conftest import _wait_until
+from tests.browser.conftest import _wait_until, idle
 from tests.browser.test_explorer import ExplorerServer, colors, open_explorer, serve_explorer
-from tests.test_state_space import Errors
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +36,6 @@ def server(stores) -> Iterator[ExplorerServer]:
     from attviz.app import create_app
 
     yield from serve_explorer(lambda: create_app(stores, live=False))
-
-
-@pytest.fixture
-def server_log() -> Iterator[Errors]:
-    """Errors and tracebacks the server logs during the test (it runs in this process)."""
-    errors = Errors()
-    logging.getLogger().addHandler(errors)
-    try:
-        yield errors
-    finally:
-        logging.getLogger().removeHandler(errors)
-    assert not errors.records, "the server logged:\n" + "\n".join(errors.records)
-
-
-def idle(page: Any) -> None:
-    page.locator(".loader.spin").wait_for(state="detached")
 
 
 def alerts(page: Any) -> list[str]:
