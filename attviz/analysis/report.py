@@ -13,7 +13,6 @@ escaped by Bokeh's embedding and only ever drawn on a canvas.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import json
@@ -310,10 +309,6 @@ def summary(stats: CorpusStatistics, tables: Tables, *, top: int = 3) -> str:
 
 
 # -- the HTML report --------------------------------------------------------------------------
-def _sha256(script: str) -> str:
-    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
-
-
 def _finite(values: Any) -> list[float | None]:
     """Floats for Bokeh's JSON with NaN as None (drawn as gaps)."""
     array = np.asarray(values, dtype=np.float64)
@@ -654,17 +649,9 @@ def render_report(
     script, divs = components(models, wrap_script=False)
     bundle = bundle_for_objs_and_resources([document], INLINE)
     scripts = [*bundle.js_raw, script]
-    csp = "; ".join(
-        [
-            "default-src 'none'",
-            f"script-src {' '.join(_sha256(s) for s in scripts)} 'unsafe-eval'",
-            "style-src 'unsafe-inline'",
-            "img-src data: blob:",
-            "font-src data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-        ]
-    )
+    from attviz.export.page import offline_csp
+
+    csp = offline_csp(scripts)
     info = dict(corpus_info or {})
     title = title or f"attviz corpus statistics: {info.get('name') or 'corpus'}"
     layers, heads = stats.heads.sizes["layer"], stats.heads.sizes["head"]

@@ -161,6 +161,22 @@ def _sha256(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
+def offline_csp(scripts: list[str]) -> str:
+    """A Content-Security-Policy for an offline page: only these inline scripts (by hash), inline
+    styles, data/blob images and fonts, and no network at all."""
+    return "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {' '.join(_sha256(s) for s in scripts)} 'unsafe-eval'",
+            "style-src 'unsafe-inline'",
+            "img-src data: blob:",
+            "font-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
+
+
 def render_page(
     *,
     title: str,
@@ -175,17 +191,7 @@ def render_page(
     embed_script, divs = components(roots, wrap_script=False)
     bundle = bundle_for_objs_and_resources([document], INLINE)
     scripts = [*bundle.js_raw, _asset("app.js"), embed_script]
-    csp = "; ".join(
-        [
-            "default-src 'none'",
-            f"script-src {' '.join(_sha256(s) for s in scripts)} 'unsafe-eval'",
-            "style-src 'unsafe-inline'",
-            "img-src data: blob:",
-            "font-src data:",
-            "base-uri 'none'",
-            "form-action 'none'",
-        ]
-    )
+    csp = offline_csp(scripts)
     esc = html.escape
     parts = [
         "<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n",
