@@ -16,12 +16,14 @@ are netCDF-safe: strings and numbers only (anything else is stored as a JSON str
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,16 +147,24 @@ def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
     process, which ``attviz convert`` uses.
     """
     path = Path(path)
+    with _atomic_netcdf(path) as temporary:
+        _write_netcdf(corpus, temporary)
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_netcdf(path: Path) -> Iterator[Path]:
+    """The partial file to write ``path`` through: renamed into place when the block ends, removed on any
+    failure (an OSError becomes a :class:`StoreError` saying nothing was written)."""
     temporary = _partial_file(path)
     try:
-        _write_netcdf(corpus, temporary)
+        yield temporary
         _replace_file(temporary, path)
     except BaseException as exc:
         temporary.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise StoreError(f"could not write {path}: {exc}; {_NOTHING_WRITTEN}") from exc
         raise
-    return path
 
 
 _NOTHING_WRITTEN = "nothing was written (the partial file was removed)"
@@ -167,18 +177,11 @@ def write_netcdf_isolated(source: str | os.PathLike, path: str | os.PathLike, re
     process, atomically: a crash inside HDF5 (a full disk) costs the child, and any failure leaves neither
     ``PATH`` (an existing one stays as it was) nor a partial file, and raises a :class:`StoreError`."""
     path = Path(path)
-    temporary = _partial_file(path)
-    try:
+    with _atomic_netcdf(path) as temporary:
         command = [sys.executable, "-c", _CHILD, os.fspath(source), os.fspath(temporary), reader or ""]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StoreError(f"could not write {path}: {_child_failure(result, path)}; {_NOTHING_WRITTEN}")
-        _replace_file(temporary, path)
-    except BaseException as exc:
-        temporary.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise StoreError(f"could not write {path}: {exc}; {_NOTHING_WRITTEN}") from exc
-        raise
     return path
 
 
