@@ -2,7 +2,6 @@
 
 from attviz.corpus import Corpus, Document, attention_array, token_frame, vector_array
 from attviz.errors import AttentionUnavailableError, AttvizError, InputError, StoreError
-from attviz.extract import extract  # binds the function over the submodule attribute
 from attviz.notebook import extension
 from attviz.policy import StoragePolicy
 from attviz.qk import QKAttention
@@ -10,6 +9,18 @@ from attviz.readers import read
 from attviz.readers.tensors import from_tensors
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``attviz.extract`` loads torch and transformers (~1.5 s), so it is imported on first use: commands
+    # that never extract (``attviz stats``, ``info``, ``serve``) start without them. The submodule is
+    # callable (it calls :func:`attviz.extract.extract`), so ``attviz.extract(...)`` works whichever way
+    # the submodule was imported first.
+    if name == "extract":
+        import importlib
+
+        return importlib.import_module("attviz.extract")
+    raise AttributeError(f"module 'attviz' has no attribute {name!r}")
 
 
 def open_corpus(path: str) -> Corpus:

@@ -618,3 +618,14 @@ def _human(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+class _CallableModule(type(sys)):
+    """``attviz.extract`` is this module and, called, :func:`extract` (``attviz.extract(texts, ...)``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Corpus:
+        return extract(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+sys.modules[__name__].__wrapped__ = extract  # inspect.signature(attviz.extract) is extract's

@@ -97,7 +97,7 @@ def _rewritten(store: Path, groups: set[str], since: int) -> int:
 
 def _counting(monkeypatch) -> list[int]:
     """Count the documents the model runs on from now on."""
-    module = sys.modules["attviz.extract"]  # (attviz.extract is also the function)
+    module = sys.modules["attviz.extract"]
     computed: list[int] = []
     run_batch = module.run_batch
 

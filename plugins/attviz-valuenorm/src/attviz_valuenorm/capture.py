@@ -9,10 +9,13 @@ carries them as its ``value_norm`` coordinate (dims ``(layer, head, key)``), whi
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from attviz.captures import CaptureBatch, ModelCapture
 from attviz_valuenorm.hooks import REFERENCE, bert_attention_modules, transformed_norms
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ValueNormCapture(ModelCapture):
@@ -41,6 +44,8 @@ class ValueNormCapture(ModelCapture):
             self.hook(value, lambda _module, _inputs, out, layer=layer: self._values.__setitem__(layer, out))
 
     def collect(self, batch: CaptureBatch) -> torch.Tensor:
+        import torch
+
         heads = batch.model.config.num_attention_heads
         norms = [transformed_norms(self._values[i], dense.weight, heads) for i, (_, dense) in enumerate(self._modules)]
         return torch.stack(norms, dim=1)  # (batch, layer, head, key)

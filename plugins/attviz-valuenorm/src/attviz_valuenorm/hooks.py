@@ -13,16 +13,18 @@ task head). Other architectures raise :class:`UnsupportedModelError`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import xarray as xr
 
 from attviz.captures import UnsupportedModel
 from attviz.corpus import attention_array, token_coords, tokens_of
-from attviz.models import LoadedModel, prepare_model
-from attviz.tokenization import tokenize
+
+if TYPE_CHECKING:  # torch (and attviz's model code) are imported where a model runs, so that loading
+    import torch  # the aggregation through its entry point (e.g. by ``attviz stats``) stays light
+
+    from attviz.models import LoadedModel
 
 REFERENCE = (
     'Kobayashi et al. 2020, "Attention is Not Only a Weight: Analyzing Transformers with Vector Norms", '
@@ -59,6 +61,8 @@ def transformed_norms(values: torch.Tensor, output_weight: torch.Tensor, heads: 
     ``output_weight`` is ``attention.output.dense.weight`` (out, hidden): torch computes y = v W^T,
     so head h's W_O^h is ``W[:, h*d:(h+1)*d]^T``. Leading dims (a batch) pass through.
     """
+    import torch
+
     *lead, keys, hidden = values.shape
     per_head = values.reshape(*lead, keys, heads, hidden // heads)
     w = output_weight.reshape(output_weight.shape[0], heads, hidden // heads)
@@ -67,6 +71,8 @@ def transformed_norms(values: torch.Tensor, output_weight: torch.Tensor, heads: 
 
 
 def _loaded(model: Any, tokenizer: Any) -> LoadedModel:
+    from attviz.models import LoadedModel, prepare_model
+
     if isinstance(model, LoadedModel):
         return model
     return prepare_model(model, tokenizer, device=next(model.parameters()).device)
@@ -79,6 +85,10 @@ def _max_length(loaded: LoadedModel) -> int:
 
 def _forward(model: Any, tokenizer: Any, text: str, max_length: int | None) -> tuple[Any, np.ndarray, np.ndarray]:
     """One forward pass: (token table, attention (L, H, T, T), value norms (L, H, T))."""
+    import torch
+
+    from attviz.tokenization import tokenize
+
     loaded = _loaded(model, tokenizer)
     modules = bert_attention_modules(loaded.model)
     heads = loaded.config.num_attention_heads
