@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -17,6 +18,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="attviz", description="Explore the self-attention of transformer language models."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a limit on untrusted input for info, convert, stats and serve (uploads), e.g. --limit max_bytes=2e9 "
+        "--limit timeout_s=30; names: max_bytes, max_archive_files, max_expanded_bytes, max_documents, "
+        "max_tokens, max_depth, timeout_s, sample_bytes (the same as the ATTVIZ_<NAME> variables, which it sets)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -104,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="store, netCDF file or legacy AttViz JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="report only the attention checks stored with the documents (extraction and conversion store "
+        "them); by default the documents without one are checked now, on sampled rows",
+    )
 
     p = sub.add_parser(
         "convert",
@@ -254,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _apply_limits(args.limit)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("attviz: interrupted", file=sys.stderr)
@@ -264,6 +281,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"attviz {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _apply_limits(items: Sequence[str]) -> None:
+    """``--limit NAME=VALUE``: set ``ATTVIZ_<NAME>`` (read by this process, its sandbox workers and a served
+    app's sessions), after checking that the limits are known and positive."""
+    import dataclasses
+
+    from attviz.limits import Limits
+
+    names = {f.name for f in dataclasses.fields(Limits)}
+    values = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().lower().replace("-", "_")
+        if not sep or name not in names:
+            raise AttvizError(f"--limit {item!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(names))}")
+        values[f"ATTVIZ_{name.upper()}"] = value.strip()
+    if values:
+        Limits.from_env({**os.environ, **values})  # refuses a value that is not a positive number
+        os.environ.update(values)
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -333,17 +370,17 @@ def _split_specs(text: str | None) -> list[str]:
     return specs
 
 
-def _print_info(corpus, as_json: bool) -> None:
+def _print_info(corpus, as_json: bool, check: bool = True) -> None:
     from attviz.info import format_summary, summarize
 
-    info = summarize(corpus)
+    info = summarize(corpus, check=check)
     print(json.dumps(info) if as_json else format_summary(info))
 
 
 def _info(args: argparse.Namespace) -> int:
     from attviz.readers import read
 
-    _print_info(read(args.input), args.json)
+    _print_info(read(args.input), args.json, check=not args.no_check)
     return 0
 
 

@@ -30,7 +30,7 @@ import xarray as xr
 from attviz import aggregations
 from attviz.aggregations.base import Aggregation
 from attviz.cache import KeyedCache, Ref
-from attviz.corpus import MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document, token_coords
+from attviz.corpus import KIND_STREAMS, MATRIX_KINDS, SUMMARY, VECTORS, Corpus, Document, token_coords
 from attviz.policy import parse_aggregation
 from attviz.quantize import as_float32
 from attviz.reading import DocumentReader
@@ -209,6 +209,8 @@ class Explorer(SessionActions, DocumentReader):
             notes.append(self._problems[self.doc_id])
         if doc is None:
             return out
+        check = self._cache.get("attention_check", doc_key, lambda: _attention_check(doc, corpus))
+        notes.extend(_check_notes(check, doc, self.kind, self.layer, self.head))
         qk = _long_qk(doc, self.kind, self.layer_memory)
         if qk is not None:
             self._long_outputs(out, qk, (doc_key, self.kind), notes)
@@ -606,6 +608,55 @@ def statistics_job(corpus: Corpus) -> StatisticsJob:
                     break
                 del _JOBS[oldest]
         return job
+
+
+#: A document without a stored self-check is checked when it is opened if its matrices are at most this
+#: many bytes as float16 (q/k documents always: their rows are rebuilt cheaply); a larger one would be read whole.
+CHECK_BYTES = 256 << 20
+
+
+def _attention_check(doc: Document, corpus: Corpus | None) -> dict | None:
+    """The document's attention self-check (stored, else computed on sampled rows), None when skipped."""
+    from attviz.checks import VERSION, check_document
+
+    stored = doc.meta.get("attention_check")
+    if isinstance(stored, dict) and stored.get("version") == VERSION:
+        return stored
+    attrs = corpus.attrs if corpus is not None else {}
+    matrix = [k for k in doc.kinds if k in KIND_STREAMS and doc.qk(k) is None]
+    if sum(int(np.prod(doc.get(k).shape)) * 2 for k in matrix) > CHECK_BYTES:
+        return None
+    try:
+        return check_document(doc, error_bound=float(attrs.get("max_abs_error") or 0.0))
+    except Exception:  # the check must never stop the document from being shown
+        return None
+
+
+def _check_notes(check: dict | None, doc: Document, kind: str, layer: int, head: int) -> list[str]:
+    """What the explorer says of a document's self-check: its errors always; a notice for the head shown."""
+    from attviz.checks import ERRORS, describe
+
+    if not check:
+        return []
+    notes = []
+    lines = describe({**check, "kinds": {k: {n: v.get(n, []) for n in ERRORS} for k, v in check["kinds"].items()}})
+    if lines:
+        notes.append("Attention check: " + "; ".join(lines))
+    result = check["kinds"].get(kind) or {}
+    for entry in result.get("sink", []):
+        if entry[:2] == [layer, head]:
+            try:
+                token = str(doc.get(kind).coords["key_text"].values[entry[2]])
+            except (KeyError, IndexError, ValueError):
+                token = f"key {entry[2]}"
+            notes.append(
+                f"Layer {layer} head {head} is sink-dominated in this document: {entry[3]:.0%} of its attention "
+                f"on {token!r}"
+            )
+    for entry in result.get("uniform", []):
+        if entry[:2] == [layer, head]:
+            notes.append(f"Layer {layer} head {head} is uniform in this document: {entry[2]:.0%} of its rows are flat")
+    return notes
 
 
 def _long_qk(doc: Document, kind: str, layer_memory: int) -> Any:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,21 @@ def extract(
     if plugins or skipped:
         attrs["captures"] = list(capture.plugins)
         attrs["captures_skipped"] = {**skipped, **capture.skipped}
-    return sink.finish(attrs, units, label_names)
+    corpus = sink.finish(attrs, units, label_names)
+    _report_check(corpus.attrs.get("attention_check") or {}, progress)
+    return corpus
+
+
+def _report_check(summary: dict[str, Any], progress: bool) -> None:
+    """Warn when the attention just extracted failed its self-check (:mod:`attviz.checks`): NaN/inf (a
+    float16 overflow says so) or rows that do not sum to 1; print the notices where progress is shown."""
+    from attviz.checks import ERRORS, summary_lines
+
+    lines = summary_lines(summary)
+    if any((summary.get(name) or {}).get("documents") for name in ERRORS):
+        warnings.warn("attention check: " + "; ".join(line for line in lines if line.startswith("error")), stacklevel=3)
+    elif progress and len(lines) > 1:
+        print("attviz: attention check: " + "; ".join(lines[1:]), file=sys.stderr)
 
 
 # -- inputs --------------------------------------------------------------------------------------

@@ -18,8 +18,10 @@ def directory_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def summarize(corpus: Corpus) -> dict[str, Any]:
-    """Documents, tokens, layers, heads, model, labels, accuracy, storage of a corpus."""
+def summarize(corpus: Corpus, check: bool = True) -> dict[str, Any]:
+    """Documents, tokens, layers, heads, model, labels, accuracy, storage of a corpus, and its attention
+    self-check (:mod:`attviz.checks`): the stored one, with the documents' checks that are missing
+    computed on sampled rows unless ``check`` is False."""
     table = corpus.table
     n_tokens = table["n_tokens"].to_numpy() if len(table) else np.zeros(0)
     attrs = corpus.attrs
@@ -62,7 +64,38 @@ def summarize(corpus: Corpus) -> dict[str, Any]:
         from attviz.analysis.engine import cached_settings
 
         info["statistics"] = sorted({s.aggregation for s in cached_settings(corpus.path)})
+    info["attention_check"], info["attention_check_documents"] = attention_check(corpus, check)
     return info
+
+
+def attention_check(corpus: Corpus, compute: bool = True, limit: int = 200) -> tuple[dict, list[dict]]:
+    """The corpus's self-check summary and, per document with a finding (errors first), its lines
+    (at most ``limit`` documents)."""
+    from attviz.checks import check_corpus, describe, problems
+
+    summary = check_corpus(corpus, compute=compute)
+    documents = []
+    for doc in corpus:
+        result = doc.meta.get("attention_check")
+        if not isinstance(result, dict):
+            continue
+        lines = describe(result, _key_text(doc))
+        if lines:
+            documents.append({"doc": doc.id, "error": problems(result), "findings": lines})
+    documents.sort(key=lambda item: not item["error"])
+    return summary, documents[:limit]
+
+
+def _key_text(doc: Any):
+    """``text(kind, key)``: the text of key token ``key`` of a document's ``kind`` (for the sink notices)."""
+
+    def text(kind: str, key: int) -> str:
+        try:
+            return str(doc.get(kind).coords["key_text"].values[key])
+        except (KeyError, IndexError, ValueError):
+            return f"key {key}"
+
+    return text
 
 
 def describe_attention(attrs: dict[str, Any], documents: int) -> str | None:
@@ -121,6 +154,16 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"kept as     {info['attention_encoding']}")
     if info.get("statistics"):
         lines.append(f"statistics  cached for {', '.join(info['statistics'])} (attviz stats)")
+    from attviz.checks import summary_lines
+
+    check = summary_lines(info.get("attention_check") or {})
+    lines.append(f"check       {check[0]}")
+    lines += [f"            {line}" for line in check[1:]]
+    documents = info.get("attention_check_documents") or []
+    for item in documents[:20]:
+        lines.append(f"  {item['doc']}: {'; '.join(item['findings'])}")
+    if len(documents) > 20:
+        lines.append(f"  ... {len(documents) - 20} more document(s) with findings (--json lists them)")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from attviz.capture import array_attrs, materialize
+from attviz.checks import check_arrays, compute_dtype, summarize
 from attviz.corpus import Corpus, Document, build_table, kind_role
 from attviz.errors import StoreError
 from attviz.policy import StoragePolicy
@@ -93,6 +94,7 @@ class MemorySink(Sink):
             data = {}
             for kind, values in arrays.items():
                 data[kind] = stored_array(kind, values, array_attrs[kind], tokens.__getitem__)
+            check = check_arrays(arrays)
             documents.append(
                 Document(
                     id=unit.id,
@@ -104,8 +106,11 @@ class MemorySink(Sink):
                     target=unit.target,
                     source_id=unit.source_id,
                     source_start=unit.source_start,
+                    meta={"attention_check": check},
                 )
             )
+        checks = [(doc.id, doc.meta["attention_check"]) for doc in documents]
+        attrs = {**attrs, "attention_check": summarize(checks, compute_dtype(attrs))}
         return Corpus(documents, attrs=attrs, table=build_table(documents, label_names))
 
 

@@ -40,6 +40,8 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from attviz.checks import check_arrays, compute_dtype
+from attviz.checks import summarize as summarize_checks
 from attviz.corpus import (
     KIND_STREAMS,
     SUMMARY_DIMS,
@@ -282,7 +284,7 @@ class StoreWriter:
         record = {
             "index": index,
             "group": name,
-            "row": dict(row),
+            "row": _checked_row(row, arrays, self.compression, error),
             "kinds": list(arrays),
             "tokens": {stream: {f: frame[f].tolist() for f in TOKEN_FIELDS} for stream, frame in tokens.items()},
         }
@@ -391,6 +393,7 @@ class StoreWriter:
             write_dataset(self.partial / name, dataset, self._written)
             fault_point(name)
         version = QUANTIZED_FORMAT_VERSION if self.compression == "uint8" else FORMAT_VERSION
+        checks = [(str(row["doc_id"]), _row_check(row)) for row in rows]
         info = {
             **jsonable(dict(attrs)),
             **self.encoding_attrs(attrs),
@@ -398,6 +401,7 @@ class StoreWriter:
             "format_version": QK_FORMAT_VERSION if any(qk) else version,
             "documents": len(indices),
             "complete": True,
+            "attention_check": summarize_checks(checks, compute_dtype(attrs)),
         }
         shutil.rmtree(self.partial / STAGING, ignore_errors=True)  # what attached writers left
         consolidate(self.partial, {"attviz": info}, self._written)
@@ -484,6 +488,24 @@ def _publish(staged: Path, target: Path) -> None:
         if not (target / "zarr.json").exists():
             raise
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def _checked_row(row: Mapping[str, Any], arrays: Mapping[str, Any], compression: str, error: float) -> dict[str, Any]:
+    """``row`` with the check of the document's attention as written (:mod:`attviz.checks`) in its meta."""
+    values = {k: dequantize_rows(v.q, v.scale) if isinstance(v, Quantized) else v for k, v in arrays.items()}
+    stored = np.float32 if compression == "uint8" else np.float16
+    check = check_arrays(values, dtypes=dict.fromkeys(values, stored), error_bounds=dict.fromkeys(values, error))
+    meta = row.get("meta") or "{}"
+    meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
+    return {**row, "meta": json.dumps({**meta, "attention_check": check}, default=str)}
+
+
+def _row_check(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    try:
+        meta = row.get("meta") or "{}"
+        return (json.loads(meta) if isinstance(meta, str) else dict(meta)).get("attention_check")
+    except (TypeError, ValueError):
+        return None
 
 
 def _finished_records(path: Path) -> dict[int, dict[str, Any]]:

@@ -146,6 +146,8 @@ def test_convert_legacy_json_to_store_netcdf_and_back(tmp_path, capsys):
     assert store.ids == original.ids
     for a, b in zip(original, store, strict=True):
         np.testing.assert_array_equal(a.vectors.values, b.vectors.values)
+        check = b.meta.pop("attention_check")  # the store adds its self-check: legacy values are only checked finite
+        assert check["kinds"]["vectors"]["counts"] == {"nonfinite": 0}
         assert a.meta == b.meta  # colours, visibility, highlight survive the store
     assert _run(capsys, "convert", tmp_path / "legacy.zarr", "-o", tmp_path / "legacy.nc")[0] == 0
     code, out, _ = _run(capsys, "info", tmp_path / "legacy.nc", "--json")
@@ -293,3 +295,21 @@ def test_export_a_store_of_queries_and_keys_states_its_errors(tmp_path, tiny_mod
         stated = float(err.split("max abs error of a weight ")[1].split()[0])
         assert stated == pytest.approx(manifest["qk_error" if payload == "qk" else "matrix_error"], rel=1e-2)
         assert stated < 2e-3
+
+
+def test_limit_flag_sets_the_limits(capsys, monkeypatch):
+    import os
+    from pathlib import Path
+
+    source = Path(__file__).parent / "readers" / "data" / "string_numbers.json"
+    for name in ("ATTVIZ_MAX_BYTES", "ATTVIZ_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = _run(capsys, "--limit", "max_bytes=100", "info", source)
+    assert code == 1 and f"{source}: the file is 1.3 KiB, over the limit of 100 bytes" in err
+    monkeypatch.delenv("ATTVIZ_MAX_BYTES")
+    code, _, err = _run(capsys, "--limit", "max_byte=100", "info", source)
+    assert code == 1 and "expected NAME=VALUE with NAME one of max_archive_files, max_bytes" in err
+    code, _, err = _run(capsys, "--limit", "timeout_s=0", "info", source)
+    assert code == 1 and "limit timeout_s is 0.0 (expected a positive number)" in err
+    assert "ATTVIZ_TIMEOUT_S" not in os.environ  # a refused limit sets nothing
+    assert _run(capsys, "--limit", "max-bytes=1e6", "info", source)[0] == 0

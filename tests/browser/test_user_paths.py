@@ -176,3 +176,21 @@ def test_a_long_document_kept_as_queries_and_keys(page, qk_server, server_log, s
     _wait_until(lambda: explorer.matrix is not None and explorer.matrix.chunks is not None)
     assert not alerts(page)
     screenshot(page, "long-qk-matrix")
+
+
+def test_a_file_whose_attention_fails_its_check(page, server, server_log, tmp_path):
+    """#14 (5): attention that does not check out (a row summing to 0.7, a sink head) is a notice on the
+    page, for the document and for the head shown, never an error."""
+    from tests.test_checks import broken_npz
+
+    explorer = open_explorer(page, server)
+    page.locator(".card-header", has_text="Open a file").click()
+    page.locator("input[type=file]").set_input_files(str(broken_npz(tmp_path / "broken.npz")))
+    _wait_until(lambda: explorer.source == "broken", timeout=20)
+    idle(page)
+    notice = page.locator(".alert-info", has_text="Attention check: rows that do not sum to 1 in self L1 H0")
+    notice.wait_for()
+    assert "sink-dominated" not in notice.inner_text()
+    explorer.param.update(layer=0, head=1)
+    page.locator(".alert-info", has_text="Layer 0 head 1 is sink-dominated in this document: 96%").wait_for()
+    assert not alerts(page)
