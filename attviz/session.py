@@ -163,11 +163,10 @@ def _unique(name: str, taken: Mapping[str, Any]) -> str:
 
 
 def _netcdf_bytes(corpus: Corpus) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="attviz-export-") as folder:
-        path = os.path.join(folder, "export.nc")
-        corpus.to_netcdf(path)
-        with open(path, "rb") as handle:
-            return handle.read()
+    """The download: built in memory, so that a full disk cannot crash HDF5 inside the server."""
+    from attviz.readers.netcdf import netcdf_bytes
+
+    return netcdf_bytes(corpus)
 
 
 def as_corpora(corpus: Any) -> dict[str, Corpus]:

@@ -278,6 +278,23 @@ def test_d_convert_to_netcdf_on_a_full_disk_is_a_clean_error(reference, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_in_process_netcdf_on_a_full_disk_is_a_clean_error(reference, tmp_path):
+    """Was: ``Corpus.to_netcdf`` in the calling process (the explorer's download, a notebook) crashed it
+    inside h5py on a full disk. A corpus of this size is built in memory and written by Python."""
+    out = tmp_path / "x.nc"
+    code = (
+        "import sys\nfrom attviz import Corpus\nfrom attviz.errors import StoreError\n"
+        f"try:\n    Corpus.open({str(reference)!r}).to_netcdf({str(out)!r})\n"
+        "except StoreError as exc:\n    print('refused:', exc)\n    sys.exit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=_limited(20_000), timeout=300
+    )
+    assert result.returncode == 3, result.stderr[-2000:]  # not -11 (SIGSEGV)
+    assert "File too large" in result.stdout and "nothing was written" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("stage", NETCDF_STAGES)
 def test_netcdf_write_failure_leaves_nothing(reference, tmp_path, monkeypatch, stage):
     from attviz.readers.netcdf import write_netcdf

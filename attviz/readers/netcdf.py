@@ -138,18 +138,53 @@ def _root_dataset(corpus: Corpus, rows: list, extra: dict[str, list], tokens: li
     return table
 
 
+#: A corpus whose arrays take at most this many bytes is written to netCDF in memory first (HDF5 never
+#: touches the disk), larger ones straight to the partial file.
+IN_MEMORY_BYTES = 256 << 20
+
+
 def write_netcdf(corpus: Corpus, path: str | os.PathLike) -> Path:
     """Write ``corpus`` to one netCDF4 file, atomically: into ``PATH.partial`` beside it, then a rename.
 
     A failure removes the partial file and leaves an existing ``PATH`` as it was; an error of the file
     system (a full disk) is a :class:`StoreError`. HDF5 can crash the process when a write fails half-way
-    (h5netcdf's cleanup then segfaults inside h5py): :func:`write_netcdf_isolated` writes in a child
-    process, which ``attviz convert`` uses.
+    (h5netcdf's cleanup then segfaults inside h5py), so a corpus of at most :data:`IN_MEMORY_BYTES` is
+    built in memory (:func:`netcdf_bytes`) and written with Python's file I/O, where a full disk is an
+    ``OSError``; a larger one is written by HDF5 itself: :func:`write_netcdf_isolated` does that in a
+    child process, which ``attviz convert`` uses.
     """
     path = Path(path)
     with _atomic_netcdf(path) as temporary:
-        _write_netcdf(corpus, temporary)
+        if _array_bytes(corpus) <= IN_MEMORY_BYTES:
+            data = netcdf_bytes(corpus)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        else:
+            _write_netcdf(corpus, temporary)
     return path
+
+
+def netcdf_bytes(corpus: Corpus) -> bytes:
+    """``corpus`` as the bytes of a netCDF4 file, built in memory (no file is written; the explorer's
+    download)."""
+    import io
+
+    buffer = io.BytesIO()
+    _write_netcdf(corpus, buffer)
+    return buffer.getvalue()
+
+
+def _array_bytes(corpus: Corpus) -> int:
+    """What the corpus's arrays take as float16 matrices (an upper bound for q/k and vector documents)."""
+    layers, heads = int(corpus.attrs.get("layers") or 1), int(corpus.attrs.get("heads") or 1)
+    try:
+        tokens = np.asarray(corpus.table["n_tokens"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError):
+        return IN_MEMORY_BYTES + 1
+    kinds = max(1, len(corpus.attrs.get("kinds") or ()))
+    return int((tokens.astype(np.float64) ** 2).sum() * layers * heads * 2 * kinds)
 
 
 @contextlib.contextmanager
@@ -234,7 +269,7 @@ def _replace_file(temporary: Path, path: Path) -> None:
     os.replace(temporary, path)
 
 
-def _write_netcdf(corpus: Corpus, path: Path) -> None:
+def _write_netcdf(corpus: Corpus, path: Path | Any) -> None:
     with h5netcdf.File(path, "w") as root:
         rows, tokens = [], []
         extra: dict[str, list] = {"group": [], "kinds": [], "meta": []}
