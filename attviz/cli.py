@@ -255,6 +255,12 @@ def _parser() -> argparse.ArgumentParser:
         help="token vector per document (an aggregation id or a JSON pipeline; default attention_received)",
     )
     p.add_argument(
+        "--kind",
+        choices=["self", "encoder", "decoder", "cross"],
+        default=None,
+        help="which attention of an encoder-decoder corpus (default: self, else encoder)",
+    )
+    p.add_argument(
         "--scheduler",
         default=None,
         metavar="ADDRESS",
@@ -536,6 +542,7 @@ def _stats(args: argparse.Namespace) -> int:
         stats = corpus_statistics(
             corpus,
             aggregation=args.aggregation,
+            kind=args.kind,
             scheduler=args.scheduler,
             cache=not args.no_cache,
             progress=not args.quiet,

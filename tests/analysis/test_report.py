@@ -229,5 +229,24 @@ def test_stats_help_names_every_option():
         [sys.executable, "-m", "attviz.cli", "stats", "--help"], capture_output=True, text=True, check=True
     )
     assert "usage: attviz stats" in result.stdout
-    for option in ("--by", "--compare", "--output", "--aggregation", "--scheduler", "--no-cache"):
+    for option in ("--by", "--compare", "--output", "--aggregation", "--kind", "--scheduler", "--no-cache"):
         assert option in result.stdout
+
+
+def test_cli_kind_picks_the_attention_of_an_encoder_decoder(tiny_t5, tmp_path, capsys, monkeypatch):
+    """``--kind``: the encoder, decoder and cross attention of a T5 corpus each get their own atlas, equal to
+    the engine's on that kind (and the cross attention's rows are decoder queries over encoder keys)."""
+    from tests import corpora
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a random model's name is no hub id: no induction lookup
+    store = tmp_path / "t5.zarr"
+    corpora.encoder_decoder_corpus(*tiny_t5).save(store)
+    opened = Corpus.open(store)
+    for kind in ("encoder", "decoder", "cross"):
+        out = tmp_path / kind
+        assert main(["stats", str(store), "--kind", kind, "--quiet", "-o", str(out)]) == 0
+        atlas = pd.read_csv(out / "atlas.csv")
+        expected = corpus_statistics(opened, kind=kind, cache=False).atlas().reset_index()
+        np.testing.assert_allclose(atlas["entropy"], expected["entropy"], rtol=1e-5)
+    assert main(["stats", str(store), "--kind", "self", "--quiet"]) == 1
+    assert "has no 'self' array" in capsys.readouterr().err
