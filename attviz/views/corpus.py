@@ -702,7 +702,49 @@ class CorpusView(View):
         shown = frame[order].rename(columns={"delta": "δ", "delta_low": "δ low", "delta_high": "δ high"})
         self._shows(frame, shown)
         parts.append(self.contrast_table)
+        deltas = self.store_deltas(frame)
+        if deltas is not None:
+            parts.append(pn.pane.HoloViews(deltas, sizing_mode="stretch_width", linked_axes=False))
         return parts
+
+    def store_deltas(self, frame: pd.DataFrame) -> hv.HeatMap | None:
+        """Store A vs B per head on head metrics: Cliff's δ of the grid's metric, coloured from -1 (lower in
+        this corpus in every pair) to 1 (higher); None on token types (the table says it per type)."""
+        if self.contrast_on != "heads" or frame.empty or not {"layer", "head", "delta", "metric"} <= set(frame):
+            return None
+        q = "q_wilcoxon" if "q_wilcoxon" in frame else "q_mannwhitney"
+        part = frame[frame["metric"] == self.metric][["layer", "head", "delta", q]]
+        what = f"Cliff's δ of {_label(self.metric)}, this corpus vs {self.store_b}"
+        if part.empty:
+            return None
+        part = part.assign(
+            layer_pos=np.searchsorted(self._layers, part["layer"].to_numpy()),
+            head_pos=np.searchsorted(self._heads, part["head"].to_numpy()),
+        )
+        vdims = [hv.Dimension("delta", label="δ", range=(-1, 1)), hv.Dimension(q, label="q"), "layer", "head"]
+
+        def hook(plot: Any, element: Any) -> None:
+            figure = plot.state
+            figure.name = "attviz-corpus-store-deltas"
+            set_token_axis(figure.xaxis[0], [str(h) for h in self._heads], 64)
+            set_token_axis(figure.yaxis[0], [str(layer) for layer in self._layers], 64)
+            set_title(figure, what)
+
+        height = int(np.clip(24 * max(len(self._layers), 1) + 110, 240, 700))
+        return hv.HeatMap(part, kdims=["head_pos", "layer_pos"], vdims=vdims).opts(
+            cmap="RdBu_r",
+            clim=(-1, 1),
+            colorbar=True,
+            invert_yaxis=True,
+            responsive=True,
+            min_width=300,
+            height=height,
+            tools=["hover"],
+            default_tools=["reset", "save"],
+            hooks=[hook, page_scroll_hook],
+            xlabel="head",
+            ylabel="layer",
+        )
 
     def _shows(self, frame: pd.DataFrame, shown: pd.DataFrame, odds: pd.DataFrame | None = None) -> None:
         """Show a contrast (its row clicks select from ``frame``), now and whenever its setting returns."""
@@ -737,7 +779,7 @@ class CorpusView(View):
         key: tuple = (id(stats), self.contrast_by, self.group_a, self.group_b, self.contrast_on, self._position())
         if self.contrast_by == STORE:
             other = self._other_stats()
-            key = (id(stats), STORE, self.store_b, id(other), self.other_corpus_status, self.contrast_on)
+            key = (id(stats), STORE, self.store_b, id(other), self.other_corpus_status, self.contrast_on, self.metric)
         if key not in self._contrasts:
             self._restore = None
             try:
@@ -902,7 +944,7 @@ class CorpusView(View):
         )
         return pn.Column(controls, self.contrast_area, sizing_mode="stretch_width")
 
-    @param.depends("contrast_by", "group_a", "group_b", "store_b", "contrast_on", "layer", "head", watch=True)
+    @param.depends("contrast_by", "group_a", "group_b", "store_b", "contrast_on", "layer", "head", "metric", watch=True)
     def _contrast_changed(self) -> None:
         if self._active() == "Contrasts":
             self._update_contrast()

@@ -75,6 +75,8 @@ def test_store_a_vs_store_b(page, page_log, server, server_log, screenshot):
     texts = [wilcoxon.nth(i).inner_text().strip() for i in range(wilcoxon.count())]
     assert texts and all(float(t) <= 1 for t in texts)  # p values, in scientific notation
     assert page.get_by_text("documents paired by text").count() > 0
+    # under the table, the heads' Cliff's δ of the grid's metric (6 layers × 12 heads)
+    _wait_until(lambda: page.evaluate(FIGURE_JS, "attviz-corpus-store-deltas") == 72, timeout=30)
     screenshot(page, "corpus-stores")
     # A click on a row selects its head.
     row = page.locator(".tabulator-row").filter(has=wilcoxon.first).first

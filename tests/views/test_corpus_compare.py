@@ -137,3 +137,27 @@ def test_a_store_without_statistics_shows_why():
     assert explorer.other_corpus_status.startswith("Corpus statistics are not available for legacy")
     alerts = [o for o in view.contrast_area.objects if isinstance(o, pn.pane.Alert)]
     assert alerts and "not available for legacy" in alerts[0].object
+
+
+def test_store_deltas_map_the_changed_head(synthetic, uniform):
+    """The heat map under the A-vs-B table: head (1, 2), uniform in B, is the only head whose entropy
+    differs (lower in A's "pos" documents, where it doubles the attention on "good"): its δ is Cliff's
+    (mean sign of every a − b) of the two stores' entropies. On token types the table alone says it."""
+    explorer = Explorer({"A": synthetic, "B": uniform})
+    view = store_tab(explorer, on="heads")
+    view.metric = "entropy"
+    heat = view.store_deltas(view.contrast_frame).data
+    changed = heat[(heat["layer"] == 1) & (heat["head"] == 2)]["delta"]
+    a = explorer.corpus_statistics.head_values("entropy", 1, 2).to_numpy()
+    b = explorer.other_corpus_statistics.head_values("entropy", 1, 2).to_numpy()
+    assert changed.tolist() == [pytest.approx(np.sign(a[:, None] - b[None, :]).mean())]
+    assert changed.iloc[0] < -0.4
+    assert (heat.drop(changed.index)["delta"] == 0).all() and len(heat) == 2 * 3
+    pane = view.contrast_area.objects[-1]
+    assert isinstance(pane, pn.pane.HoloViews) and pane.object.vdims[0].name == "delta"
+    pane.get_root()  # renders
+    view.metric = "distance"  # the map follows the grid's metric
+    distance = view.store_deltas(view.contrast_frame).data
+    assert distance[(distance["layer"] == 1) & (distance["head"] == 2)]["delta"].iloc[0] != 0
+    view.contrast_on = "tokens"
+    assert view.store_deltas(view.contrast_frame) is None
