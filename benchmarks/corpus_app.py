@@ -37,16 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.corpus_stats import verdict  # noqa: E402  (met / missed / within noise, as there)
+from benchmarks.load import Server as LoadServer  # noqa: E402
 from benchmarks.pages import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 OPEN_SECONDS, CLICK_SECONDS = 3.0, 0.5
@@ -64,7 +59,6 @@ METRIC = "entropy"  # the grid's default metric
 POLL_S = 0.02
 GRID = "attviz-corpus-grid"
 #: Server log lines that are errors.
-LOG_ERROR = re.compile(r"Traceback|\bERROR\b")
 READY_JS = "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle"
 
 # The figure named ``name`` that is drawn now (a replaced figure may linger in the document unshown).
@@ -135,42 +129,11 @@ def expectations(store: Path) -> dict[str, Any]:
 
 
 # -- the server (as in benchmarks/load.py) ---------------------------------------------------------------
-class Server:
-    """``attviz serve STORE`` in a subprocess on a free port, with its own temporary folder and log."""
+class Server(LoadServer):
+    """``attviz serve STORE`` in a subprocess (the load benchmark's server), and its RSS."""
 
     def __init__(self, store: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.tmp = Path(tempfile.mkdtemp(prefix="attviz-corpus-app-"))
-        self.log = self.tmp / "server.log"
-        env = {**os.environ, "TMPDIR": str(self.tmp), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env["TOKENIZERS_PARALLELISM"] = "false"
-        command = [sys.executable, "-m", "attviz.cli", "serve", str(store), "--port", str(self.port)]
-        with open(self.log, "w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def wait(self, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"attviz serve exited with {self.process.returncode}:\n{self.text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}liveness", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"attviz serve did not answer in {timeout_s} s:\n{self.text()[-3000:]}")
-            time.sleep(0.3)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def errors(self) -> list[str]:
-        return [line for line in self.text().splitlines() if LOG_ERROR.search(line)]
+        super().__init__([str(store)])
 
     def rss(self) -> dict[str, float]:
         """The server's RSS in MB (``with_children`` too when psutil is there)."""
@@ -190,20 +153,6 @@ class Server:
         except psutil.Error:
             return {}
         return {"server": own / 1e6, "with_children": total / 1e6}
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL after 60 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # -- one round in the browser ------------------------------------------------------------------------------
@@ -296,17 +245,6 @@ def one_round(browser: Any, url: str, clicks: list[dict[str, Any]], timeout_s: f
 
 
 # -- verdicts ------------------------------------------------------------------------------------------------
-def verdict(values: Sequence[float], target: float, *, below: bool = True) -> str:
-    """``met`` when every measurement is on the right side of ``target`` (≤ with ``below``), ``missed``
-    when every one is on the wrong side, else ``within noise``; ``(1 round)`` without a spread."""
-    values = [v for v in values if v == v]
-    if not values:
-        return "no data"
-    good = [v <= target if below else v >= target for v in values]
-    out = "met" if all(good) else "missed" if not any(good) else "within noise"
-    return f"{out} (1 round)" if len(values) == 1 else out
-
-
 def spread(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
     if not values:
         return "–"
