@@ -58,7 +58,6 @@ CELLS = [(1, 2), (3, 5), (5, 11)]  # (layer, head) grid positions, clipped to th
 METRIC = "entropy"  # the grid's default metric
 POLL_S = 0.02
 GRID = "attviz-corpus-grid"
-#: Server log lines that are errors.
 READY_JS = "() => window.Bokeh && Bokeh.documents.length > 0 && Bokeh.documents[0].is_idle"
 
 # The figure named ``name`` that is drawn now (a replaced figure may linger in the document unshown).

@@ -8,27 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from benchmarks.corpus_app import FIGURE_JS, POINT_JS, SHOWN_FIGURE  # the Corpus area's benchmark uses them too
 from tests.browser.conftest import _wait_until, idle
 from tests.browser.test_explorer import ExplorerServer, open_explorer, serve_explorer, tab
 
-# The figure named ``name`` that is drawn now (a replaced figure may linger in the document unshown).
-SHOWN_FIGURE = """const shown = (name) => [...Bokeh.documents[0].all_models].filter(
-  (m) => m.name === name && Bokeh.index.find_one_by_id(m.id) != null).pop();"""
-# The page position of a data point (x, y) of the figure named ``name``.
-POINT_JS = f"""([name, x, y]) => {{
-  {SHOWN_FIGURE}
-  const fig = shown(name), view = Bokeh.index.find_one_by_id(fig.id);
-  const box = view.canvas_view.el.getBoundingClientRect();
-  return [box.left + view.frame.x_scale.compute(x), box.top + view.frame.y_scale.compute(y)];
-}}"""
-# Whether the figure named ``name`` is drawn, and how many points its first glyph has.
-FIGURE_JS = f"""(name) => {{
-  {SHOWN_FIGURE}
-  const fig = shown(name);
-  if (fig == null) return -1;
-  const renderer = fig.renderers.find((r) => r.data_source != null);
-  return renderer == null ? 0 : renderer.data_source.get_length();
-}}"""
 # The glyph types of the figure named ``name``.
 GLYPHS_JS = f"""(name) => {{
   {SHOWN_FIGURE}
