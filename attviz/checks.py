@@ -352,7 +352,8 @@ def summary_lines(summary: Mapping[str, Any], heads: int = 0) -> list[str]:
     if not summary:
         return ["attention not checked"]
     n = summary.get("documents", 0)
-    lines = [f"{n} document(s) checked" + (f", {summary['unchecked']} not checked" if summary.get("unchecked") else "")]
+    unchecked = summary.get("unchecked")
+    lines = [f"{n} document(s) checked" + (f", {unchecked} not checked (attviz info --check)" if unchecked else "")]
     labels = {
         "nonfinite": "with NaN or infinite attention",
         "row_sum": "with rows that do not sum to 1",
@@ -377,7 +378,7 @@ def summary_lines(summary: Mapping[str, Any], heads: int = 0) -> list[str]:
         lines.append(line)
     if summary.get("overflow"):
         lines.append(f"error: {summary['overflow']}")
-    if len(lines) == 1:
+    if len(lines) == 1 and n:
         lines[0] += ": no problems"
     return lines
 

@@ -114,12 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="store, netCDF file or legacy AttViz JSON")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "--no-check",
+    checks = p.add_mutually_exclusive_group()
+    checks.add_argument(
+        "--check",
         action="store_true",
-        help="report only the attention checks stored with the documents (extraction and conversion store "
-        "them); by default the documents without one are checked now, on sampled rows",
+        help="check every document that carries no attention self-check now, on sampled rows (extraction and "
+        "conversion store one; by default only up to 200 such documents are checked)",
     )
+    checks.add_argument("--no-check", action="store_true", help="report only the stored attention checks")
 
     p = sub.add_parser(
         "convert",
@@ -376,7 +378,7 @@ def _split_specs(text: str | None) -> list[str]:
     return specs
 
 
-def _print_info(corpus, as_json: bool, check: bool = True) -> None:
+def _print_info(corpus, as_json: bool, check: bool | None = None) -> None:
     from attviz.info import format_summary, summarize
 
     info = summarize(corpus, check=check)
@@ -386,7 +388,7 @@ def _print_info(corpus, as_json: bool, check: bool = True) -> None:
 def _info(args: argparse.Namespace) -> int:
     from attviz.readers import read
 
-    _print_info(read(args.input), args.json, check=not args.no_check)
+    _print_info(read(args.input), args.json, check=True if args.check else False if args.no_check else None)
     return 0
 
 

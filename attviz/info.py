@@ -18,10 +18,14 @@ def directory_bytes(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def summarize(corpus: Corpus, check: bool = True) -> dict[str, Any]:
+#: ``attviz info`` checks the documents that carry no self-check itself when there are at most this many.
+AUTO_CHECK_DOCUMENTS = 200
+
+
+def summarize(corpus: Corpus, check: bool | None = None) -> dict[str, Any]:
     """Documents, tokens, layers, heads, model, labels, accuracy, storage of a corpus, and its attention
     self-check (:mod:`attviz.checks`): the stored one, with the documents' checks that are missing
-    computed on sampled rows unless ``check`` is False."""
+    computed on sampled rows when ``check`` (None: when at most :data:`AUTO_CHECK_DOCUMENTS` miss one)."""
     table = corpus.table
     n_tokens = table["n_tokens"].to_numpy() if len(table) else np.zeros(0)
     attrs = corpus.attrs
@@ -68,11 +72,18 @@ def summarize(corpus: Corpus, check: bool = True) -> dict[str, Any]:
     return info
 
 
-def attention_check(corpus: Corpus, compute: bool = True, limit: int = 200) -> tuple[dict, list[dict]]:
+def attention_check(corpus: Corpus, compute: bool | None = None, limit: int = 200) -> tuple[dict, list[dict]]:
     """The corpus's self-check summary and, per document with a finding (errors first), its lines
-    (at most ``limit`` documents)."""
-    from attviz.checks import check_corpus, describe, problems
+    (at most ``limit`` documents); ``compute`` as in :func:`summarize`."""
+    from attviz.checks import VERSION, check_corpus, describe, problems
 
+    if compute is None:
+        missing = sum(
+            1
+            for doc in corpus
+            if not (isinstance(c := doc.meta.get("attention_check"), dict) and c.get("version") == VERSION)
+        )
+        compute = missing <= AUTO_CHECK_DOCUMENTS
     summary = check_corpus(corpus, compute=compute)
     documents = []
     for doc in corpus:

@@ -175,7 +175,7 @@ def test_info_checks_a_file_on_open(tmp_path, capsys):
     assert info["attention_check"]["sink"]["heads"] == {"self/0/1": 1}
     assert info["attention_check_documents"][0]["error"] is True
     assert main(["info", str(path), "--no-check"]) == 0  # nothing stored with an .npz: nothing checked
-    assert "0 document(s) checked, 1 not checked" in capsys.readouterr().out
+    assert "0 document(s) checked, 1 not checked (attviz info --check)" in capsys.readouterr().out
 
 
 def test_explorer_notices(tmp_path):
@@ -195,3 +195,14 @@ def test_from_tensors_document_is_checked_like_a_stored_one():
     result = checks.check_document(corpus[0], sample=None)
     assert result["kinds"]["self"]["counts"] == dict.fromkeys(["nonfinite", "row_sum", "uniform", "sink"], 0)
     assert corpus[0].meta["attention_check"] is result  # kept: checked once
+
+
+def test_info_checks_a_large_unchecked_corpus_only_when_asked(tmp_path, capsys, monkeypatch):
+    from attviz import info
+
+    path = broken_npz(tmp_path / "broken.npz")
+    monkeypatch.setattr(info, "AUTO_CHECK_DOCUMENTS", 0)  # as if it were a big store written before the checks
+    assert main(["info", str(path)]) == 0
+    assert "0 document(s) checked, 1 not checked (attviz info --check)" in capsys.readouterr().out
+    assert main(["info", str(path), "--check"]) == 0
+    assert "error: 1 document(s) with rows that do not sum to 1" in capsys.readouterr().out
