@@ -23,9 +23,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from scipy import stats
 from scipy.special import ndtr
-from scipy.stats import rankdata
 
 
 def _groups(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -45,6 +43,8 @@ def mann_whitney(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     a, b = _groups(a, b)
     n1, n2 = a.shape[1], b.shape[1]
     n = n1 + n2
+    from scipy.stats import rankdata  # (scipy.stats takes ~0.5 s to import: only where a test runs)
+
     ranks = rankdata(np.concatenate([a, b], axis=1), axis=1)  # average ranks for ties
     u1 = ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2
     u = np.maximum(u1, n1 * n2 - u1)
@@ -101,6 +101,8 @@ def ks_statistic(a: Any, b: Any) -> np.ndarray:
 def ks_test(a: Any, b: Any, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """``(D, two-sided p)`` of the two-sample Kolmogorov–Smirnov test per test (Smirnov 1939), as scipy's
     ``ks_2samp`` computes them (``method="auto"``: exact for small samples, asymptotic otherwise)."""
+    from scipy import stats
+
     a, b = _groups(a, b)
     with warnings.catch_warnings():  # "exact calculation unsuccessful, switching to asymp": scipy's own choice
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -111,6 +113,8 @@ def ks_test(a: Any, b: Any, *, method: str = "auto") -> tuple[np.ndarray, np.nda
 def wilcoxon_paired(a: Any, b: Any) -> np.ndarray:
     """Two-sided p of the Wilcoxon signed-rank test per test for paired samples (the same documents
     under two models; Wilcoxon 1945), as scipy's ``wilcoxon`` computes it; 1 where every pair is equal."""
+    from scipy import stats
+
     a, b = _groups(a, b)
     if a.shape != b.shape:
         raise ValueError(f"paired samples need equal shapes, got {a.shape} and {b.shape}")

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from attviz.analysis.contrasts import (
     benjamini_hochberg,
@@ -346,6 +345,8 @@ def qq_data(samples: dict[str, np.ndarray]) -> dict[str, pd.DataFrame]:
     for name, sample in samples.items():
         if len(sample) < 2:
             continue
+        from scipy import stats as scipy_stats
+
         (theoretical, ordered), (slope, intercept, r) = scipy_stats.probplot(sample, dist="norm")
         frame = pd.DataFrame({"theoretical": theoretical, "observed": ordered, "fit": slope * theoretical + intercept})
         frame.attrs.update(slope=slope, intercept=intercept, r=r)
