@@ -302,14 +302,21 @@ def test_limit_flag_sets_the_limits(capsys, monkeypatch):
     from pathlib import Path
 
     source = Path(__file__).parent / "readers" / "data" / "string_numbers.json"
-    for name in ("ATTVIZ_MAX_BYTES", "ATTVIZ_TIMEOUT_S"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("ATTVIZ_MAX_BYTES", "ATTVIZ_TIMEOUT_S"):  # "" is no limit; the teardown restores them as they were
+        monkeypatch.setenv(name, "")
     code, _, err = _run(capsys, "--limit", "max_bytes=100", "info", source)
     assert code == 1 and f"{source}: the file is 1.3 KiB, over the limit of 100 bytes" in err
-    monkeypatch.delenv("ATTVIZ_MAX_BYTES")
+    assert os.environ["ATTVIZ_MAX_BYTES"] == "100"  # what --limit does: sessions and workers inherit it
+    os.environ["ATTVIZ_MAX_BYTES"] = ""
     code, _, err = _run(capsys, "--limit", "max_byte=100", "info", source)
     assert code == 1 and "expected NAME=VALUE with NAME one of max_archive_files, max_bytes" in err
     code, _, err = _run(capsys, "--limit", "timeout_s=0", "info", source)
     assert code == 1 and "limit timeout_s is 0.0 (expected a positive number)" in err
-    assert "ATTVIZ_TIMEOUT_S" not in os.environ  # a refused limit sets nothing
+    assert os.environ["ATTVIZ_TIMEOUT_S"] == ""  # a refused limit sets nothing
     assert _run(capsys, "--limit", "max-bytes=1e6", "info", source)[0] == 0
+
+
+def test_limit_flag_leaves_no_limit_behind():
+    import os
+
+    assert not os.environ.get("ATTVIZ_MAX_BYTES") and not os.environ.get("ATTVIZ_TIMEOUT_S")
