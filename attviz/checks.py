@@ -26,7 +26,7 @@ check (sampled rows of long documents), and :func:`check_corpus` a whole corpus 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,14 +256,28 @@ def check_arrays(
     return {"version": VERSION, "sampled": sample is not None, "kinds": kinds}
 
 
+def stored_check(doc: Any) -> dict[str, Any] | None:
+    """The check a document carries (of this :data:`VERSION`), else None."""
+    stored = doc.meta.get("attention_check")
+    return stored if isinstance(stored, dict) and stored.get("version") == VERSION else None
+
+
+def key_text(doc: Any, kind: str, key: int) -> str:
+    """The text of key token ``key`` of a document's ``kind`` (what a sink notice names)."""
+    try:
+        return str(doc.get(kind).coords["key_text"].values[key])
+    except (KeyError, IndexError, ValueError):
+        return f"key {key}"
+
+
 def check_document(
     doc: Any, *, sample: int | None = SAMPLE_ROWS, error_bound: float = 0.0, refresh: bool = False
 ) -> dict[str, Any]:
     """A document's check: the one it carries (computed when it was written), else computed now on
     ``sample`` rows per head (None: every row) and kept in ``doc.meta``; ``error_bound`` is a quantised
     store's absolute error per weight (its ``max_abs_error``)."""
-    stored = doc.meta.get("attention_check")
-    if not refresh and isinstance(stored, dict) and stored.get("version") == VERSION:
+    stored = None if refresh else stored_check(doc)
+    if stored is not None:
         return stored
     arrays: dict[str, Any] = {}
     dtypes: dict[str, Any] = {}
@@ -302,10 +316,10 @@ def _heads(entries: Sequence[tuple[str, list]], limit: int = 4) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def describe(check: Mapping[str, Any], key_text: Callable[[str, int], str] | None = None) -> list[str]:
-    """One line per failed check of one document (errors first), e.g. ``rows that do not sum to 1 in
-    self L2 H3 (5 rows, up to 0.31 off)``; ``key_text(kind, key)`` names a sink's key token."""
-    found = findings(check)
+def describe(check: Mapping[str, Any], doc: Any = None, names: Sequence[str] = (*ERRORS, *NOTICES)) -> list[str]:
+    """One line per failed check of one document among ``names`` (errors first), e.g. ``rows that do not
+    sum to 1 in self L2 H3 (up to 0.31 off)``; ``doc`` names a sink's key token."""
+    found = {name: entries if name in names else [] for name, entries in findings(check).items()}
     lines = []
     if found["nonfinite"]:
         lines.append(f"NaN or infinite attention in {_heads(found['nonfinite'])}")
@@ -316,7 +330,7 @@ def describe(check: Mapping[str, Any], key_text: Callable[[str, int], str] | Non
         lines.append(f"uniform (flat) attention in {_heads(found['uniform'])}")
     if found["sink"]:
         kind, entry = max(found["sink"], key=lambda item: item[1][3])
-        where = f" (e.g. {entry[3]:.0%} on {key_text(kind, entry[2])!r})" if key_text else ""
+        where = f" (e.g. {entry[3]:.0%} on {key_text(doc, kind, entry[2])!r})" if doc is not None else ""
         lines.append(f"{len(found['sink'])} sink-dominated head(s): {_heads(found['sink'])}{where}")
     return lines
 
@@ -359,7 +373,7 @@ def summarize(
     return out
 
 
-def summary_lines(summary: Mapping[str, Any], heads: int = 0) -> list[str]:
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     """What ``attviz info`` and the explorer say of a corpus's check (errors first, then notices)."""
     if not summary:
         return ["attention not checked"]
@@ -395,21 +409,16 @@ def summary_lines(summary: Mapping[str, Any], heads: int = 0) -> list[str]:
     return lines
 
 
-def check_corpus(corpus: Any, *, compute: bool = True, progress: Callable[[int, int], None] | None = None) -> dict:
+def check_corpus(corpus: Any, *, compute: bool | None = True, limit: int = 0) -> dict:
     """The corpus's summary: from the documents' stored checks, computing the missing ones (sampled)
-    when ``compute``."""
-    checks: dict[str, Any] = {}
-    for i, doc in enumerate(corpus):
-        stored = doc.meta.get("attention_check")
-        if isinstance(stored, dict) and stored.get("version") == VERSION:
-            checks[doc.id] = stored
-        elif compute:
-            checks[doc.id] = check_document(doc, error_bound=float(corpus.attrs.get("max_abs_error") or 0.0))
-        else:
-            checks[doc.id] = None
-        if progress:
-            progress(i + 1, len(corpus))
-    return summarize(checks, compute_dtype(corpus.attrs))
+    when ``compute`` (None: when at most ``limit`` documents miss one)."""
+    pairs = [(doc, stored_check(doc)) for doc in corpus]
+    if compute is None:
+        compute = sum(check is None for _, check in pairs) <= limit
+    if compute:
+        bound = float(corpus.attrs.get("max_abs_error") or 0.0)
+        pairs = [(doc, check or check_document(doc, error_bound=bound)) for doc, check in pairs]
+    return summarize([(doc.id, check) for doc, check in pairs], compute_dtype(corpus.attrs))
 
 
 def compute_dtype(attrs: Mapping[str, Any]) -> str:

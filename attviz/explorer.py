@@ -617,10 +617,10 @@ CHECK_BYTES = 256 << 20
 
 def _attention_check(doc: Document, corpus: Corpus | None) -> dict | None:
     """The document's attention self-check (stored, else computed on sampled rows), None when skipped."""
-    from attviz.checks import VERSION, check_document
+    from attviz.checks import check_document, stored_check
 
-    stored = doc.meta.get("attention_check")
-    if isinstance(stored, dict) and stored.get("version") == VERSION:
+    stored = stored_check(doc)
+    if stored is not None:
         return stored
     attrs = corpus.attrs if corpus is not None else {}
     matrix = [k for k in doc.kinds if k in KIND_STREAMS and doc.qk(k) is None]
@@ -634,24 +634,20 @@ def _attention_check(doc: Document, corpus: Corpus | None) -> dict | None:
 
 def _check_notes(check: dict | None, doc: Document, kind: str, layer: int, head: int) -> list[str]:
     """What the explorer says of a document's self-check: its errors always; a notice for the head shown."""
-    from attviz.checks import ERRORS, describe
+    from attviz.checks import ERRORS, describe, key_text
 
     if not check:
         return []
     notes = []
-    lines = describe({**check, "kinds": {k: {n: v.get(n, []) for n in ERRORS} for k, v in check["kinds"].items()}})
+    lines = describe(check, names=ERRORS)
     if lines:
         notes.append("Attention check: " + "; ".join(lines))
     result = check["kinds"].get(kind) or {}
     for entry in result.get("sink", []):
         if entry[:2] == [layer, head]:
-            try:
-                token = str(doc.get(kind).coords["key_text"].values[entry[2]])
-            except (KeyError, IndexError, ValueError):
-                token = f"key {entry[2]}"
             notes.append(
                 f"Layer {layer} head {head} is sink-dominated in this document: {entry[3]:.0%} of its attention "
-                f"on {token!r}"
+                f"on {key_text(doc, kind, entry[2])!r}"
             )
     for entry in result.get("uniform", []):
         if entry[:2] == [layer, head]:

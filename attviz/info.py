@@ -75,38 +75,17 @@ def summarize(corpus: Corpus, check: bool | None = None) -> dict[str, Any]:
 def attention_check(corpus: Corpus, compute: bool | None = None, limit: int = 200) -> tuple[dict, list[dict]]:
     """The corpus's self-check summary and, per document with a finding (errors first), its lines
     (at most ``limit`` documents); ``compute`` as in :func:`summarize`."""
-    from attviz.checks import VERSION, check_corpus, describe, problems
+    from attviz.checks import check_corpus, describe, problems, stored_check
 
-    if compute is None:
-        missing = sum(
-            1
-            for doc in corpus
-            if not (isinstance(c := doc.meta.get("attention_check"), dict) and c.get("version") == VERSION)
-        )
-        compute = missing <= AUTO_CHECK_DOCUMENTS
-    summary = check_corpus(corpus, compute=compute)
+    summary = check_corpus(corpus, compute=compute, limit=AUTO_CHECK_DOCUMENTS)
     documents = []
     for doc in corpus:
-        result = doc.meta.get("attention_check")
-        if not isinstance(result, dict):
-            continue
-        lines = describe(result, _key_text(doc))
+        result = stored_check(doc)
+        lines = describe(result, doc) if result else []
         if lines:
             documents.append({"doc": doc.id, "error": problems(result), "findings": lines})
     documents.sort(key=lambda item: not item["error"])
     return summary, documents[:limit]
-
-
-def _key_text(doc: Any):
-    """``text(kind, key)``: the text of key token ``key`` of a document's ``kind`` (for the sink notices)."""
-
-    def text(kind: str, key: int) -> str:
-        try:
-            return str(doc.get(kind).coords["key_text"].values[key])
-        except (KeyError, IndexError, ValueError):
-            return f"key {key}"
-
-    return text
 
 
 def describe_attention(attrs: dict[str, Any], documents: int) -> str | None:

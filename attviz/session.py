@@ -89,8 +89,10 @@ class SessionActions:
 
     # -- exports ------------------------------------------------------------------------------------
     def export_document(self) -> bytes:
-        """The current document as a netCDF file (bytes)."""
-        return _netcdf_bytes(self._document_corpus())
+        """The current document as a netCDF file (bytes), built in memory: a full disk cannot crash HDF5 here."""
+        from attviz.readers.netcdf import netcdf_bytes
+
+        return netcdf_bytes(self._document_corpus())
 
     def export_page(self, quantization: str = "row") -> str:
         """The current document as a self-contained interactive HTML page (see :func:`attviz.export.export_html`;
@@ -100,11 +102,13 @@ class SessionActions:
         return export_html(self._document_corpus(), title=f"attviz: {self.doc_id}", quantization=quantization)
 
     def export_corpus(self) -> bytes:
-        """The current corpus (with any live documents) as a netCDF file (bytes)."""
+        """The current corpus (with any live documents) as a netCDF file (bytes), built in memory."""
+        from attviz.readers.netcdf import netcdf_bytes
+
         corpus = self.corpora.get(self.source) if self.source is not None else None
         if corpus is None:
             raise AttvizError("no corpus is open")
-        return _netcdf_bytes(corpus)
+        return netcdf_bytes(corpus)
 
     def _document_corpus(self) -> Corpus:
         """The current document alone, as a corpus with its corpus's attrs (for exports)."""
@@ -160,13 +164,6 @@ def _unique(name: str, taken: Mapping[str, Any]) -> str:
     while unique in taken:
         unique, n = f"{name} ({n})", n + 1
     return unique
-
-
-def _netcdf_bytes(corpus: Corpus) -> bytes:
-    """The download: built in memory, so that a full disk cannot crash HDF5 inside the server."""
-    from attviz.readers.netcdf import netcdf_bytes
-
-    return netcdf_bytes(corpus)
 
 
 def as_corpora(corpus: Any) -> dict[str, Corpus]:

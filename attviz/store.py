@@ -495,15 +495,18 @@ def _checked_row(row: Mapping[str, Any], arrays: Mapping[str, Any], compression:
     values = {k: dequantize_rows(v.q, v.scale) if isinstance(v, Quantized) else v for k, v in arrays.items()}
     stored = np.float32 if compression == "uint8" else np.float16
     check = check_arrays(values, dtypes=dict.fromkeys(values, stored), error_bounds=dict.fromkeys(values, error))
+    return {**row, "meta": json.dumps({**_row_meta(row), "attention_check": check}, default=str)}
+
+
+def _row_meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A table row's ``meta`` (a JSON string or a mapping) as a dict."""
     meta = row.get("meta") or "{}"
-    meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
-    return {**row, "meta": json.dumps({**meta, "attention_check": check}, default=str)}
+    return json.loads(meta) if isinstance(meta, str) else dict(meta)
 
 
 def _row_check(row: Mapping[str, Any]) -> dict[str, Any] | None:
     try:
-        meta = row.get("meta") or "{}"
-        return (json.loads(meta) if isinstance(meta, str) else dict(meta)).get("attention_check")
+        return _row_meta(row).get("attention_check")
     except (TypeError, ValueError):
         return None
 

@@ -303,12 +303,19 @@ class CorpusView(View):
         tips += [("pattern", "@{pattern}"), ("offset", "@{offset}{0}"), ("offset weight", "@{offset_weight}{0.000}")]
         return tips
 
-    def _grid_hook(self, plot: Any, element: Any) -> None:
-        figure = plot.state
-        figure.name = "attviz-corpus-grid"
+    def _head_axes(self, figure: Any, name: str, title: str) -> None:
+        """Name a layers × heads figure and tick its axes with the model's layer and head numbers."""
+        figure.name = name
         set_token_axis(figure.xaxis[0], [str(h) for h in self._heads], 64)
         set_token_axis(figure.yaxis[0], [str(layer) for layer in self._layers], 64)
-        set_title(figure, f"{_label(self.metric)} per head")
+        set_title(figure, title)
+
+    def _grid_height(self) -> int:
+        return int(np.clip(24 * max(len(self._layers), 1) + 110, 240, 700))
+
+    def _grid_hook(self, plot: Any, element: Any) -> None:
+        figure = plot.state
+        self._head_axes(figure, "attviz-corpus-grid", f"{_label(self.metric)} per head")
         hover = plot.handles.get("hover")
         tips = self._grid_tooltips()
         if hover is not None and hover.tooltips != tips:
@@ -326,7 +333,6 @@ class CorpusView(View):
         grid = hv.DynamicMap(pn.bind(self.grid, data=self.param.data, metric=self.param.metric))
         tap = hv.streams.Tap(source=grid, transient=True)
         tap.add_subscriber(self.on_grid_tap)
-        height = int(np.clip(24 * max(len(self._layers), 1) + 110, 240, 700))
         grid = grid.opts(
             cmap="viridis",
             colorbar=True,
@@ -334,7 +340,7 @@ class CorpusView(View):
             invert_yaxis=True,
             responsive=True,
             min_width=300,
-            height=height,
+            height=self._grid_height(),
             tools=["hover", "tap"],
             default_tools=["reset", "save"],
             hooks=[self._grid_hook],
@@ -724,13 +730,8 @@ class CorpusView(View):
         vdims = [hv.Dimension("delta", label="δ", range=(-1, 1)), hv.Dimension(q, label="q"), "layer", "head"]
 
         def hook(plot: Any, element: Any) -> None:
-            figure = plot.state
-            figure.name = "attviz-corpus-store-deltas"
-            set_token_axis(figure.xaxis[0], [str(h) for h in self._heads], 64)
-            set_token_axis(figure.yaxis[0], [str(layer) for layer in self._layers], 64)
-            set_title(figure, what)
+            self._head_axes(plot.state, "attviz-corpus-store-deltas", what)
 
-        height = int(np.clip(24 * max(len(self._layers), 1) + 110, 240, 700))
         return hv.HeatMap(part, kdims=["head_pos", "layer_pos"], vdims=vdims).opts(
             cmap="RdBu_r",
             clim=(-1, 1),
@@ -738,7 +739,7 @@ class CorpusView(View):
             invert_yaxis=True,
             responsive=True,
             min_width=300,
-            height=height,
+            height=self._grid_height(),
             tools=["hover"],
             default_tools=["reset", "save"],
             hooks=[hook, page_scroll_hook],
